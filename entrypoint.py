@@ -1,0 +1,132 @@
+"""Start the Dagster webserver, the Dagster daemon and the code-location runner.
+
+    uv run entrypoint.py [all|webserver|daemon|runner] [--share DIR] [--host HOST] [--port PORT]
+
+Each role is a child process in its own session; this process only starts them, forwards a
+stop request (Ctrl-C / SIGTERM) to all of them, and makes sure none is left behind. If one
+role dies, the others are stopped too and the exit status says so (a container orchestrator
+then restarts the whole thing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from runner import paths, process
+from runner.cli import setup_logging
+from runner.workspace import ensure_exists
+
+log = logging.getLogger("entrypoint")
+
+ROLES = ("webserver", "daemon", "runner")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="entrypoint.py", description=__doc__.split("\n")[0])
+    parser.add_argument("role", nargs="?", default="all", choices=("all", *ROLES))
+    parser.add_argument("--share", default=None, help="share folder (env RUNNER_SHARE, ./share)")
+    parser.add_argument("--host", default="127.0.0.1", help="webserver address (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3000, help="webserver port (3000)")
+    return parser.parse_args(argv)
+
+
+def role_command(role: str, args: argparse.Namespace, where: paths.Layout) -> list[str]:
+    py = sys.executable
+    if role == "webserver":
+        return [py, "-m", "dagster_webserver", "-h", args.host, "-p", str(args.port),
+                "-w", str(where.workspace)]  # fmt: skip
+    if role == "daemon":
+        return [py, "-m", "runner", "daemon", "--share", str(where.share)]
+    return [py, "-m", "runner", "serve", "--share", str(where.share)]
+
+
+def webserver_url(args: argparse.Namespace) -> str:
+    explicit = os.environ.get("DAGSTER_WEBSERVER_URL")
+    if explicit:
+        return explicit
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    return f"http://{host}:{args.port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint")
+    where = paths.layout(args.share)
+    where.code_dir.mkdir(parents=True, exist_ok=True)
+    where.dagster_home.mkdir(parents=True, exist_ok=True)
+    ensure_exists(where.workspace)
+
+    env = dict(os.environ)
+    env["DAGSTER_HOME"] = str(where.dagster_home)
+    env["RUNNER_SHARE"] = str(where.share)
+    env.setdefault("DAGSTER_WEBSERVER_URL", webserver_url(args))
+    env["PYTHONUNBUFFERED"] = "1"
+
+    stop_requested = threading.Event()
+    signals_seen = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals_seen.append(signum)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    roles = ROLES if args.role == "all" else (args.role,)
+    # The daemon goes first so it follows workspace.yaml before the runner writes to it.
+    order = [r for r in ("daemon", "webserver", "runner") if r in roles]
+    children: dict[str, object] = {}
+    for role in order:
+        children[role] = process.spawn(role_command(role, args, where), env=env)
+        log.info("started %s (pid %d)", role, children[role].pid)
+    if "webserver" in roles:
+        log.info("Dagster UI: http://%s:%d", args.host, args.port)
+    log.info("drop PEP 723 files into %s", where.code_dir)
+
+    exit_code = 0
+    while not stop_requested.wait(0.5):
+        dead = [(r, p) for r, p in children.items() if p.poll() is not None]
+        if dead:
+            role, proc = dead[0]
+            log.error("%s (pid %d) %s: stopping the others", role, proc.pid,
+                      process.describe_exit(proc.returncode))
+            exit_code = 1
+            break
+    if signals_seen:
+        log.info("%s received: stopping %s", signal.Signals(signals_seen[0]).name, ", ".join(order))
+
+    # A second signal during shutdown skips the grace periods.
+    def force(signum: int, _frame: object) -> None:
+        for proc in children.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal.signal(signal.SIGINT, force)
+    signal.signal(signal.SIGTERM, force)
+    started = time.monotonic()
+    # The runner stops its code servers itself (about 10 s at most); the others are quicker.
+    graces = {"runner": 12.0, "webserver": 8.0, "daemon": 8.0}
+    stoppers = [
+        threading.Thread(target=process.stop, args=(proc,),
+                         kwargs={"name": role, "grace": graces[role]})
+        for role, proc in children.items()
+    ]  # fmt: skip
+    for t in stoppers:
+        t.start()
+    for t in stoppers:
+        t.join()
+    log.info("all stopped in %.1fs", time.monotonic() - started)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``python -m runner``: the runner's own command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from . import paths
+
+log = logging.getLogger("runner")
+
+
+def setup_logging(level: str = "INFO", *, name: str = "runner") -> None:
+    """One readable line per decision on stderr, for our loggers only (not Dagster's)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)-7s {name}: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
+        )
+    )
+    for logger_name in ("runner", "entrypoint"):
+        logger = logging.getLogger(logger_name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .supervisor import Settings, Supervisor
+
+    where = paths.layout(args.share)
+    settings = Settings(
+        code_dir=where.code_dir,
+        workspace_path=where.workspace,
+        state_dir=paths.state_dir(),
+        webserver_url=args.webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None,
+        host=args.host,
+        rescan_every=args.rescan_every,
+        stable_for=args.stable_for,
+    )
+    where.dagster_home.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(settings)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        # Handlers record; the loop acts. A second signal exits at once (servers die with us).
+        if supervisor.stopping:
+            os._exit(128 + signum)
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        supervisor.stop()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    from .watch import watch
+
+    with watch(settings.code_dir, supervisor.wake):
+        supervisor.run()
+
+
+def _daemon(args: argparse.Namespace) -> None:
+    from . import daemon
+    from .workspace import ensure_exists
+
+    where = paths.layout(args.share)
+    ensure_exists(where.workspace)
+    daemon.run(where.workspace)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="watch the share and serve every PEP 723 file in it")
+    serve.add_argument("--share", help="folder holding code_location/ and dagster_home/")
+    serve.add_argument("--webserver-url", help="reload this webserver (env DAGSTER_WEBSERVER_URL)")
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("RUNNER_SERVER_HOST", "127.0.0.1"),
+        help="address code servers listen on (default 127.0.0.1)",
+    )
+    serve.add_argument("--rescan-every", type=float, default=2.0, help="full rescan period (s)")
+    serve.add_argument(
+        "--stable-for", type=float, default=1.0, help="a file must be unchanged this long (s)"
+    )
+    serve.set_defaults(func=_serve)
+
+    daemon = sub.add_parser("daemon", help="Dagster's daemon, following workspace.yaml closely")
+    daemon.add_argument("--share", help="folder holding dagster_home/")
+    daemon.set_defaults(func=_daemon)
+
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, name="daemon" if args.command == "daemon" else "runner")
+    args.func(args)

@@ -1,0 +1,122 @@
+"""Dagster's daemon, made to follow workspace.yaml within a second, and to say so.
+
+Runs launched from the UI are queued and dequeued *by the daemon*; a run for a location the
+daemon has not loaded fails at once. Stock ``dagster-daemon run`` re-reads workspace.yaml
+only every 60 s (``RELOAD_WORKSPACE_INTERVAL``), so this module runs the same controller
+with its own check loop: every second it looks at workspace.yaml, refreshes the controller's
+workspace when the file changed, and records the digest it has loaded in an acknowledgement
+file beside workspace.yaml. The runner reloads the webserver only once the daemon has
+acknowledged the new version, so a location visible in the UI can always be run.
+
+This leans on Dagster internals (``daemon_controller_from_instance`` and the controller's
+``_workspace_process_context``); the Dagster version is pinned in pyproject.toml and
+``tests/test_daemon_internals.py`` fails loudly if they move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ACK_NAME = ".workspace-daemon.json"
+HEARTBEAT_EVERY = 5.0
+#: An acknowledgement older than this means no daemon is following the workspace.
+ACK_FRESH_FOR = 30.0
+
+
+def file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Ack:
+    digest: str | None  # digest of the workspace.yaml the daemon has loaded (None: starting)
+    heartbeat: float  # wall-clock time of the daemon's last write
+    pid: int
+    host: str
+
+    def fresh(self, now: float | None = None) -> bool:
+        return ((now or time.time()) - self.heartbeat) < ACK_FRESH_FOR
+
+
+def ack_path(workspace: Path) -> Path:
+    return workspace.parent / ACK_NAME
+
+
+def read_ack(workspace: Path) -> Ack | None:
+    try:
+        data = json.loads(ack_path(workspace).read_text())
+        return Ack(data["digest"], float(data["heartbeat"]), int(data["pid"]), str(data["host"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_ack(workspace: Path, digest: str | None) -> None:
+    from .workspace import write_if_changed
+
+    ack = {"digest": digest, "heartbeat": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+    write_if_changed(ack_path(workspace), json.dumps(ack) + "\n")
+
+
+def run(workspace: Path, *, check_every: float = 0.2) -> None:
+    """Run all daemons configured on the instance (``DAGSTER_HOME``) until interrupted."""
+    write_ack(workspace, None)  # first: the runner waits for a daemon that is starting
+    from dagster import DagsterInstance
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster._daemon.controller import (
+        RELOAD_WORKSPACE_INTERVAL,
+        THREAD_CHECK_INTERVAL,
+        daemon_controller_from_instance,
+    )
+    from dagster._utils.interrupts import capture_interrupts, raise_interrupts_as
+
+    try:
+        with capture_interrupts(), DagsterInstance.get() as instance:
+            loaded = file_digest(workspace)  # read before loading: a later write reloads
+            with daemon_controller_from_instance(
+                instance, workspace_load_target=WorkspaceFileTarget(paths=[str(workspace)])
+            ) as controller:
+                context = controller._workspace_process_context
+                write_ack(workspace, loaded)
+                log.info("following %s (reloading within a second of each change)", workspace)
+                last_refresh = last_beat = last_health = last_threads = time.monotonic()
+                while True:
+                    with raise_interrupts_as(KeyboardInterrupt):
+                        time.sleep(check_every)
+                        now = time.monotonic()
+                        if now - last_threads > THREAD_CHECK_INTERVAL:
+                            controller.check_daemon_threads()
+                            last_threads = now
+                        current = file_digest(workspace)
+                        if current != loaded or now - last_refresh > RELOAD_WORKSPACE_INTERVAL:
+                            started = time.monotonic()
+                            context.refresh_workspace()  # catches and records load errors
+                            if current != loaded:
+                                log.info(
+                                    "loaded the new workspace in %.2fs",
+                                    time.monotonic() - started,
+                                )
+                            loaded, last_refresh = current, time.monotonic()
+                            write_ack(workspace, loaded)
+                            last_beat = last_refresh
+                        elif now - last_beat > HEARTBEAT_EVERY:
+                            write_ack(workspace, loaded)
+                            last_beat = now
+                        if now - last_health > 60:
+                            controller.check_daemon_heartbeats()
+                            last_health = now
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ack_path(workspace).unlink(missing_ok=True)

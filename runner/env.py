@@ -1,0 +1,172 @@
+"""Immutable uv environments, one per distinct PEP 723 metadata.
+
+An environment is keyed by a digest of the metadata it was built from, so files with the same
+dependencies share one, and an edit that changes only code reuses it. It is built aside
+(``uv venv --relocatable`` + ``uv sync --script --active`` into a temporary directory, bytecode
+compiled at build time) and renamed into place, so a server never sees a half-built
+environment and nothing ever syncs into an environment a server uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+import threading
+import uuid
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import uv
+
+from . import process, script
+
+log = logging.getLogger(__name__)
+
+DAGSTER_VERSION = version("dagster")
+
+
+class BuildError(Exception):
+    """uv could not build the environment; the message is uv's own explanation."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What to build: the metadata uv sees (dagster added if missing) and its key."""
+
+    key: str
+    metadata: dict[str, Any]
+    added_dagster: bool
+
+    @property
+    def short(self) -> str:
+        return self.key[:12]
+
+
+def spec_for(metadata: script.ScriptMetadata) -> EnvSpec:
+    """The environment a file needs: its own metadata, plus the runner's dagster if absent.
+
+    A code server is ``dagster api grpc`` running in the file's environment, so dagster must
+    be there; the runner's own version is the one known to speak to this webserver.
+    """
+    data = metadata.to_toml_dict()
+    added = not metadata.mentions("dagster")
+    if added:
+        data["dependencies"] = [*data["dependencies"], f"dagster=={DAGSTER_VERSION}"]
+    return EnvSpec(key=script.metadata_digest(data), metadata=data, added_dagster=added)
+
+
+@dataclass(frozen=True)
+class Env:
+    key: str
+    path: Path
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+
+class EnvStore:
+    """A directory of built environments, owned by the runner, outside the share."""
+
+    def __init__(self, root: Path, *, uv_bin: str | None = None) -> None:
+        self.root = root
+        self.uv_bin = uv_bin or uv.find_uv_bin()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:32]
+
+    def get(self, spec: EnvSpec) -> Env | None:
+        """The built environment for ``spec``, or ``None`` if it is not built yet."""
+        path = self.path(spec.key)
+        return Env(spec.key, path) if (path / "pyvenv.cfg").exists() else None
+
+    def script_path(self, key: str) -> Path:
+        """A metadata-only copy of the script: what ``uv sync --script`` reads."""
+        return self.root / ".scripts" / f"{key[:32]}.py"
+
+    def build(self, spec: EnvSpec) -> Env:
+        """Build the environment for ``spec`` unless it exists; raise :class:`BuildError`."""
+        existing = self.get(spec)
+        if existing is not None:
+            return existing
+        meta_script = self.script_path(spec.key)
+        meta_script.parent.mkdir(parents=True, exist_ok=True)
+        meta_script.write_text(script.render_block(spec.metadata))
+        staging = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
+        env = _uv_env()
+        env["VIRTUAL_ENV"] = str(staging)
+        started = time.monotonic()
+        try:
+            self._uv(["venv", "--relocatable", "--quiet", str(staging)], env, cwd=meta_script.parent)
+            self._uv(
+                ["sync", "--script", str(meta_script), "--active", "--no-progress"],
+                env,
+                cwd=meta_script.parent,
+            )
+            final = self.path(spec.key)
+            try:
+                staging.rename(final)
+            except OSError:
+                if not (final / "pyvenv.cfg").exists():  # not a concurrent twin: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.debug("built env %s in %.1fs", spec.short, time.monotonic() - started)
+        return Env(spec.key, final)
+
+    def _uv(self, args: list[str], env: dict[str, str], *, cwd: Path) -> None:
+        proc = process.spawn(
+            [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        with self._lock:
+            self._running.add(proc)
+        try:
+            out, err = proc.communicate()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        if proc.returncode != 0:
+            text = (err or out).decode(errors="replace")
+            raise BuildError(explain_uv_failure(text) if proc.returncode > 0 else
+                             f"uv {process.describe_exit(proc.returncode)}")
+
+    def cancel_builds(self) -> None:
+        """Stop builds in progress (on shutdown); their staging directories are removed."""
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            process.stop(proc, name="uv build", grace=2)
+
+    def remove(self, key: str) -> None:
+        shutil.rmtree(self.path(key), ignore_errors=True)
+        self.script_path(key).unlink(missing_ok=True)
+
+
+def _uv_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env["UV_COMPILE_BYTECODE"] = "1"
+    # A script asking for a Python we do not have must fail clearly, not start a download.
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    env["NO_COLOR"] = "1"
+    return env
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def explain_uv_failure(output: str) -> str:
+    """Keep what matters of uv's explanation: its error lines and their hints."""
+    lines = [_ANSI.sub("", line).rstrip() for line in output.strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Resolved", "Using"))]
+    text = "\n".join(lines)
+    return text[-4000:] if len(text) > 4000 else text or "uv failed without saying why"

@@ -1,0 +1,142 @@
+"""Publish workspace versions in order: file, then daemon, then webserver.
+
+A background thread so the reconcile loop never blocks on a slow reload. It always publishes
+the newest version submitted (intermediate ones are skipped), and reports the newest version
+that is fully published, so the loop knows when a retired server is no longer referenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import daemon, workspace
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(
+        self,
+        workspace_path: Path,
+        *,
+        webserver_url: str | None,
+        daemon_timeout: float = 60.0,
+        on_published: Callable[[int], None] = lambda version: None,
+    ) -> None:
+        self.path = workspace_path
+        self.webserver_url = webserver_url
+        self.daemon_timeout = daemon_timeout
+        self.on_published = on_published
+        self._cond = threading.Condition()
+        self._wanted: tuple[int, list[workspace.Entry]] | None = None
+        self._version = 0
+        self.published = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._warned_no_daemon = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def submit(self, entries: list[workspace.Entry]) -> int:
+        """Ask for ``entries`` to be published; return the version number it will carry."""
+        with self._cond:
+            self._version += 1
+            self._wanted = (self._version, sorted(entries))
+            self._cond.notify_all()
+            return self._version
+
+    def _newer_wanted(self, version: int) -> bool:
+        with self._cond:
+            return self._stopping or (self._wanted is not None and self._wanted[0] > version)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                version, entries = self._wanted
+                self._wanted = None
+            self._publish(version, entries)
+
+    def _publish(self, version: int, entries: list[workspace.Entry]) -> None:
+        started = time.monotonic()
+        text = workspace.render(entries)
+        workspace.write_if_changed(self.path, text)
+        digest = daemon.file_digest(self.path)
+        if not self._wait_for_daemon(digest, version):
+            return
+        daemon_done = time.monotonic()
+        if self.webserver_url and not self._reload_webserver(version):
+            return
+        self.published = version
+        log.info(
+            "workspace v%d published: %d location(s); daemon %.2fs, webserver %.2fs",
+            version,
+            len(entries),
+            daemon_done - started,
+            time.monotonic() - daemon_done,
+        )
+        self.on_published(version)
+
+    def _wait_for_daemon(self, digest: str | None, version: int) -> bool:
+        """Wait until a live daemon has loaded ``digest``; False if superseded meanwhile."""
+        deadline = time.monotonic() + self.daemon_timeout
+        while True:
+            ack = daemon.read_ack(self.path)
+            if ack is None or not ack.fresh():
+                if not self._warned_no_daemon:
+                    log.warning(
+                        "no daemon is following %s: schedules, sensors and queued runs of new "
+                        "locations wait for the daemon's own reload (up to 60s)",
+                        self.path,
+                    )
+                    self._warned_no_daemon = True
+                return True
+            self._warned_no_daemon = False
+            if ack.digest == digest:
+                return True
+            if self._newer_wanted(version):
+                return False
+            if time.monotonic() > deadline:
+                log.warning("daemon (pid %d) has not loaded workspace v%d after %.0fs; "
+                            "reloading the webserver anyway", ack.pid, version, self.daemon_timeout)
+                return True
+            time.sleep(0.05)
+
+    def _reload_webserver(self, version: int) -> bool:
+        delay, failures = 0.5, 0
+        while True:
+            try:
+                statuses = workspace.reload_webserver(self.webserver_url)
+            except workspace.ReloadError as exc:
+                failures += 1
+                # The webserver reads the file when it starts: waiting for it is normal.
+                (log.warning if failures == 10 else log.debug)(
+                    "webserver not reloaded yet (%s); retrying", exc
+                )
+            else:
+                if failures >= 10:
+                    log.info("webserver reachable again")
+                for status in statuses:
+                    if status.error:
+                        log.warning("webserver: location %s failed to load: %s", status.name,
+                                    status.error.strip().splitlines()[-1] if status.error.strip() else "")
+                return True
+            with self._cond:
+                self._cond.wait(timeout=delay)
+            if self._newer_wanted(version):
+                return False
+            delay = min(delay * 2, 5.0)

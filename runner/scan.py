@@ -1,0 +1,144 @@
+"""Walk the code folder and say which files are locations, once they are stable.
+
+A file counts only once its size and mtime have stayed the same for ``stable_for`` seconds
+(SMB clients write in chunks and update mtime on close). Until then, the last stable version
+of that file (if any) stays what is desired, so a save in progress never removes a location.
+The scan never writes into the folder and never keeps a file open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import script
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocationSpec:
+    """A file that should be served: what it is, where it is, and which bytes."""
+
+    name: str
+    relpath: str
+    path: Path
+    digest: str
+    metadata: script.ScriptMetadata
+
+
+@dataclass(frozen=True)
+class SpecError:
+    """A file that looks like a location but cannot be one, and why."""
+
+    name: str
+    relpath: str
+    path: Path
+    digest: str
+    message: str
+
+
+Desired = LocationSpec | SpecError
+
+
+@dataclass
+class _Seen:
+    signature: tuple[int, int]  # (size, mtime_ns)
+    since: float  # monotonic time the signature was first seen
+    admitted: tuple[int, int] | None = None  # signature of the last stable read
+    result: Desired | None = None  # None: stable, but not a location (a helper module)
+
+
+@dataclass
+class ScanResult:
+    desired: dict[str, Desired]
+    pending: list[str] = field(default_factory=list)  # relpaths waiting to become stable
+    next_due: float | None = None  # monotonic time the next pending file may become stable
+
+
+def is_candidate(name: str) -> bool:
+    """Hidden files, editor backups and swap files, and non-``.py`` files are noise."""
+    return name.endswith(".py") and not name.startswith((".", "#", "~"))
+
+
+def _walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        entries = list(os.scandir(root / rel if rel else root))
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        log.warning("cannot list %s: %s", root / rel, exc)
+        return
+    for entry in entries:
+        relpath = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith((".", "__pycache__")):
+                    yield from _walk(root, relpath)
+            elif is_candidate(entry.name) and entry.is_file():
+                yield relpath, entry.stat()
+        except OSError:  # vanished between listing and stat
+            continue
+
+
+class Scanner:
+    """Keeps what it saw between scans, so unchanged files are not read again."""
+
+    def __init__(self, root: Path, *, stable_for: float = 1.0) -> None:
+        self.root = root
+        self.stable_for = stable_for
+        self._seen: dict[str, _Seen] = {}
+
+    def scan(self, now: float) -> ScanResult:
+        result = ScanResult(desired={})
+        present: set[str] = set()
+        for relpath, st in _walk(self.root):
+            present.add(relpath)
+            signature = (st.st_size, st.st_mtime_ns)
+            seen = self._seen.get(relpath)
+            if seen is None:
+                seen = self._seen[relpath] = _Seen(signature=signature, since=now)
+            elif seen.signature != signature:
+                seen.signature, seen.since = signature, now
+            if seen.admitted != signature:
+                due = seen.since + self.stable_for
+                if now >= due:
+                    self._admit(relpath, seen)
+                else:
+                    result.pending.append(relpath)
+                    result.next_due = due if result.next_due is None else min(result.next_due, due)
+            if seen.result is not None:
+                result.desired[seen.result.name] = seen.result
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        return result
+
+    def _admit(self, relpath: str, seen: _Seen) -> None:
+        path = self.root / relpath
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # vanished or unreadable: look again next scan
+            log.warning("cannot read %s: %s", relpath, exc)
+            return
+        seen.admitted = seen.signature
+        seen.result = classify(relpath, path, data)
+
+
+def classify(relpath: str, path: Path, data: bytes) -> Desired | None:
+    """Turn a file's bytes into a spec, an error, or ``None`` for a helper module."""
+    name = script.location_name(relpath)
+    digest = script.digest_bytes(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if b"# /// script" not in data:
+            return None
+        return SpecError(name, relpath, path, digest, f"the file is not valid UTF-8: {exc}")
+    try:
+        metadata = script.parse_metadata(text)
+    except script.MetadataError as exc:
+        return SpecError(name, relpath, path, digest, str(exc))
+    if metadata is None:
+        return None
+    return LocationSpec(name, relpath, path, digest, metadata)

@@ -1,0 +1,148 @@
+"""One ``dagster api grpc`` process: start it, know when it is ready, stop it.
+
+The server runs with the location's environment's python directly (signals sent to ``uv run``
+are not reliably forwarded), with ``--lazy-load-user-code`` so that a file that fails to
+import still gets a server that reports the error to the UI, and with a server id we choose,
+so that "ready" means *our* process answered on that port (gRPC sets SO_REUSEPORT, so a
+stale server on the same port would answer too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster._grpc.__generated__ import dagster_api_pb2
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._serdes import deserialize_value
+from dagster._utils.error import SerializableErrorInfo
+
+from . import process
+
+log = logging.getLogger(__name__)
+
+
+class StartError(Exception):
+    """The server did not come up; the message says why."""
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on right now (the kernel's choice, not a counter)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class CodeServer:
+    """A running code server for one generation of one location."""
+
+    location: str
+    python: Path
+    file: Path
+    host: str
+    port: int
+    server_id: str
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self) -> DagsterGrpcClient:
+        return DagsterGrpcClient(port=self.port, host=self.host)
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def wait_ready(self, *, timeout: float) -> str | None:
+        """Block until the server answers with our id and has loaded the file.
+
+        Returns the file's load error (Dagster's own message) or ``None`` when it loaded.
+        Raises :class:`StartError` if the process exits or does not answer in time.
+        """
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise StartError(f"code server {process.describe_exit(code)} before answering")
+            try:
+                if client.get_server_id(timeout=2) == self.server_id:
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise StartError(f"code server did not answer within {timeout:.0f}s")
+            time.sleep(0.1)
+        # Lazy loading imports the file on the first ListRepositories: do it now, so the
+        # webserver and the daemon find it loaded, and so we know whether it loaded.
+        remaining = max(1.0, deadline - time.monotonic())
+        try:
+            # list_repositories() has no timeout argument; its _query does.
+            reply = client._query(
+                "ListRepositories", dagster_api_pb2.ListRepositoriesRequest, timeout=int(remaining)
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise StartError(
+                f"loading the file did not finish within {timeout:.0f}s (does its import hang?)"
+                if "DEADLINE_EXCEEDED" in str(exc) or "timed out" in str(exc).lower()
+                else f"code server failed while loading the file: {exc}"
+            ) from None
+        return load_error(reply.serialized_list_repositories_response_or_error)
+
+    def stop(self, *, grace: float) -> None:
+        """ShutdownServer (in-flight runs finish), then the stop ladder."""
+        client = self.client()
+        process.stop(
+            self.proc,
+            name=f"code server {self.location}",
+            graceful=lambda: client.shutdown_server(timeout=5),
+            grace=grace,
+        )
+
+
+def load_error(serialized: str) -> str | None:
+    value = deserialize_value(serialized)
+    if isinstance(value, SerializableErrorInfo):
+        return value.to_string()
+    return None
+
+
+def start(
+    *, location: str, python: Path, file: Path, host: str, log_level: str = "info"
+) -> CodeServer:
+    """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it."""
+    port = free_port(host)
+    server_id = f"{location}-{uuid.uuid4().hex[:12]}"
+    argv = [
+        str(python), "-m", "dagster", "api", "grpc",
+        "--python-file", str(file),
+        "--working-directory", str(file.parent),
+        "--host", host,
+        "--port", str(port),
+        "--location-name", location,
+        "--lazy-load-user-code",
+        "--fixed-server-id", server_id,
+        "--log-level", log_level,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = process.spawn(argv, env=env, cwd=file.parent)
+    return CodeServer(
+        location=location,
+        python=python,
+        file=file,
+        host=host,
+        port=port,
+        server_id=server_id,
+        proc=proc,
+    )

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.service import Service
+
+# A script asking for a Python we do not have must fail clearly instead of downloading one.
+os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One environment store for the whole session: built environments are reused."""
+    return tmp_path_factory.mktemp("runner-state")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Service]:
+    share = tmp_path_factory.mktemp("share")
+    svc = Service(share, state_dir, log=share.parent / f"{share.name}-service.log")
+    try:
+        yield svc
+    finally:
+        if svc.proc.poll() is None:
+            svc.kill()
+        print(f"--- service log ({svc.log_path}) ---\n" + svc.log_text()[-20000:])

@@ -1,0 +1,200 @@
+"""Drive the real service the way a user and the UI do: a process, a folder, GraphQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: float = 0.25) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            last_error = exc
+        else:
+            if value:
+                return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class Service:
+    """``entrypoint.py`` on a temporary share and a free port."""
+
+    def __init__(self, share: Path, state_dir: Path, *, role: str = "all", log: Path) -> None:
+        self.share = share
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.pop("DAGSTER_HOME", None)
+        env.pop("DAGSTER_WEBSERVER_URL", None)
+        env["RUNNER_STATE_DIR"] = str(state_dir)
+        env["UV_PYTHON_DOWNLOADS"] = "never"
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
+             "--port", str(self.port)],
+            env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._seen: set[psutil.Process] = set()
+
+    @property
+    def code_dir(self) -> Path:
+        return self.share / "code_location"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def descendants(self) -> set[psutil.Process]:
+        """Every process started under the service so far (remembered, to check cleanup)."""
+        try:
+            self._seen |= set(psutil.Process(self.proc.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        return self._seen
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.descendants()
+        resp = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
+        )
+        resp.raise_for_status()
+        body = resp.json()
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    def locations(self) -> dict[str, dict[str, Any]]:
+        data = self.graphql(
+            """{ workspaceOrError { __typename ... on Workspace { locationEntries {
+                 name loadStatus
+                 locationOrLoadError { __typename ... on PythonError { message } }
+            } } } }"""
+        )
+        return {e["name"]: e for e in data["workspaceOrError"]["locationEntries"]}
+
+    def wait_loaded(self, name: str, timeout: float = 180) -> dict[str, Any]:
+        def loaded() -> dict[str, Any] | None:
+            entry = self.locations().get(name)
+            if entry and entry["loadStatus"] == "LOADED" and entry["locationOrLoadError"]:
+                return entry
+            return None
+
+        return wait_for(f"location {name} LOADED", loaded, timeout=timeout)
+
+    def asset_keys(self, location: str) -> list[str]:
+        data = self.graphql(
+            """query($loc: String!) { repositoryOrError(repositorySelector: {
+                 repositoryLocationName: $loc, repositoryName: "__repository__"}) {
+                 __typename ... on Repository { assetNodes { assetKey { path } } }
+                 ... on PythonError { message } ... on RepositoryNotFoundError { message } } }""",
+            {"loc": location},
+        )
+        repo = data["repositoryOrError"]
+        assert repo["__typename"] == "Repository", repo
+        return sorted("/".join(n["assetKey"]["path"]) for n in repo["assetNodes"])
+
+    def materialize_all(self, location: str) -> str:
+        """Launch a run of every asset of ``location``, as the UI's Materialize all does."""
+        keys = [{"path": k.split("/")} for k in self.asset_keys(location)]
+        data = self.graphql(
+            """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
+                 __typename ... on LaunchRunSuccess { run { runId } }
+                 ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
+                 ... on InvalidSubsetError { message } ... on PipelineNotFoundError { message } } }""",
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": location,
+                        "repositoryName": "__repository__",
+                        "pipelineName": "__ASSET_JOB",
+                        "assetSelection": keys,
+                    },
+                    "mode": "default",
+                    "executionMetadata": {"tags": []},
+                }
+            },
+        )
+        result = data["launchPipelineExecution"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return result["run"]["runId"]
+
+    def run_status(self, run_id: str) -> str:
+        data = self.graphql(
+            """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }""",
+            {"id": run_id},
+        )
+        return data["runOrError"]["status"]
+
+    def wait_run(self, run_id: str, timeout: float = 180) -> str:
+        done = {"SUCCESS", "FAILURE", "CANCELED"}
+        return wait_for(
+            f"run {run_id} to finish",
+            lambda: (s := self.run_status(run_id)) in done and s,
+            timeout=timeout,
+        )
+
+    def run_failure_text(self, run_id: str) -> str:
+        data = self.graphql(
+            """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection {
+                 events { __typename message } } } }""",
+            {"id": run_id},
+        )
+        events = data["logsForRun"].get("events", [])
+        return "\n".join(f"{e['__typename']}: {e['message']}" for e in events)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> float:
+        """Signal the entrypoint; return how long it took to exit."""
+        self.descendants()
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        self._log.close()
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """Last-resort cleanup for a failed test: SIGKILL everything we saw, by pid."""
+        for proc in [*self.descendants(), psutil.Process(self.proc.pid)]:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=10)
+
+    def leftovers(self) -> list[str]:
+        alive = []
+        for proc in self.descendants():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            except psutil.NoSuchProcess:
+                pass
+        return alive
