@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     from .watch import watch
 
-    with watch(settings.code_dir, supervisor.wake):
+    with watch(settings.code_dir, supervisor.wake, supervisor.written):
         supervisor.run()
 
 

@@ -50,11 +50,15 @@ class _Seen:
     since: float  # monotonic time the signature was first seen
     admitted: tuple[int, int] | None = None  # signature of the last stable read
     result: Desired | None = None  # None: stable, but not a location (a helper module)
+    early: Desired | None = None  # what a local writer finished, before the window ends
 
 
 @dataclass
 class ScanResult:
     desired: dict[str, Desired]
+    # Files a local writer has finished that are not yet stable: they may be prepared
+    # (env, server) ahead of time, but not published until they are in ``desired``.
+    early: dict[str, Desired] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # relpaths waiting to become stable
     next_due: float | None = None  # monotonic time the next pending file may become stable
 
@@ -89,6 +93,16 @@ class Scanner:
         self.root = root
         self.stable_for = stable_for
         self._seen: dict[str, _Seen] = {}
+        self._written: dict[str, tuple[int, int]] = {}  # relpath -> signature when complete
+
+    def mark_written(self, path: str) -> None:
+        """A local writer closed ``path`` (or renamed it into place): it is complete as is."""
+        try:
+            relpath = Path(path).relative_to(self.root).as_posix()
+            st = os.stat(path)
+        except (ValueError, OSError):
+            return
+        self._written[relpath] = (st.st_size, st.st_mtime_ns)
 
     def scan(self, now: float) -> ScanResult:
         result = ScanResult(desired={})
@@ -100,7 +114,7 @@ class Scanner:
             if seen is None:
                 seen = self._seen[relpath] = _Seen(signature=signature, since=now)
             elif seen.signature != signature:
-                seen.signature, seen.since = signature, now
+                seen.signature, seen.since, seen.early = signature, now, None
             if seen.admitted != signature:
                 due = seen.since + self.stable_for
                 if now >= due:
@@ -108,21 +122,30 @@ class Scanner:
                 else:
                     result.pending.append(relpath)
                     result.next_due = due if result.next_due is None else min(result.next_due, due)
+                    if self._written.get(relpath) == signature:
+                        seen.early = self._read(relpath)
+                    if seen.early is not None:
+                        result.early[seen.early.name] = seen.early
             if seen.result is not None:
                 result.desired[seen.result.name] = seen.result
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        self._written.clear()  # a hint is good for the scan that follows it only
         return result
 
     def _admit(self, relpath: str, seen: _Seen) -> None:
-        path = self.root / relpath
         try:
-            data = path.read_bytes()
+            seen.result = classify(relpath, self.root / relpath, (self.root / relpath).read_bytes())
         except OSError as exc:  # vanished or unreadable: look again next scan
             log.warning("cannot read %s: %s", relpath, exc)
             return
-        seen.admitted = seen.signature
-        seen.result = classify(relpath, path, data)
+        seen.admitted, seen.early = seen.signature, None
+
+    def _read(self, relpath: str) -> Desired | None:
+        try:
+            return classify(relpath, self.root / relpath, (self.root / relpath).read_bytes())
+        except OSError:
+            return None
 
 
 def classify(relpath: str, path: Path, data: bytes) -> Desired | None:

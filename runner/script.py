@@ -66,7 +66,7 @@ def parse_metadata(text: str) -> ScriptMetadata | None:
     is unclosed, duplicated, not TOML, or has keys or values uv would reject.
     """
     blocks = [m for m in _BLOCK.finditer(text) if m.group("type") == "script"]
-    if len(blocks) > 1:
+    if len(blocks) > 1 or len(_SCRIPT_OPENER.findall(text)) > 1:
         raise MetadataError("the file has more than one '# /// script' block; keep exactly one")
     if not blocks:
         if has_script_block(text):

@@ -55,6 +55,8 @@ class Generation:
     env: envs.EnvSpec
     started: float
     server: servers.CodeServer | None = None
+    ready: bool = False  # answered and loaded; waits for the file to be stable to be served
+    load_error: str | None = None
 
     @property
     def digest(self) -> str:
@@ -86,18 +88,39 @@ class Remove:
 
 
 @dataclass(frozen=True)
+class Abandon:
+    name: str
+
+
+@dataclass(frozen=True)
 class Reject:
     error: SpecError
 
 
-Action = Prepare | Remove | Reject
+Action = Prepare | Remove | Abandon | Reject
 
 
-def plan(desired: Mapping[str, Desired], actual: Mapping[str, Location], now: float) -> list[Action]:
-    """What to do so that ``actual`` converges on ``desired``. Removals come first."""
-    actions: list[Action] = [Remove(name) for name in sorted(actual) if name not in desired]
-    for name in sorted(desired):
-        want = desired[name]
+def plan(
+    desired: Mapping[str, Desired],
+    actual: Mapping[str, Location],
+    now: float,
+    early: Mapping[str, Desired] | None = None,
+) -> list[Action]:
+    """What to do so that ``actual`` converges on ``desired``. Removals come first.
+
+    ``early`` holds files a local writer has finished but that are not stable yet: they are
+    prepared ahead (the server starts while the stability window runs out) but an error in
+    one is not reported, since the file may still be half-written.
+    """
+    early = early or {}
+    names = set(desired) | set(early)
+    actions: list[Action] = [Remove(name) for name in sorted(actual) if name not in names]
+    for name in sorted(names):
+        want = early.get(name)
+        if want is None or isinstance(want, SpecError):
+            want = desired.get(name)
+        if want is None:
+            continue
         loc = actual.get(name)
         if loc is not None and want.digest == loc.failed_digest:
             continue  # failed already: wait for the file to change
@@ -110,8 +133,11 @@ def plan(desired: Mapping[str, Desired], actual: Mapping[str, Location], now: fl
         if loc.next is not None and loc.next.digest == want.digest:
             continue  # on its way
         if loc.current is not None and loc.current.digest == want.digest:
+            if loc.next is not None:
+                actions.append(Abandon(name))  # an edit was reverted: drop the next one
+                continue
             crashed = loc.current.server is not None and loc.current.server.exited() is not None
-            if crashed and loc.next is None and loc.restart_at is not None and now >= loc.restart_at:
+            if crashed and loc.restart_at is not None and now >= loc.restart_at:
                 actions.append(Prepare(want))
             continue
         actions.append(Prepare(want))
@@ -124,6 +150,11 @@ def plan(desired: Mapping[str, Desired], actual: Mapping[str, Location], now: fl
 @dataclass(frozen=True)
 class _Wake:
     pass
+
+
+@dataclass(frozen=True)
+class _Written:
+    path: str
 
 
 @dataclass(frozen=True)
@@ -142,7 +173,7 @@ class _ServerDone:
     error: str | None
 
 
-Message = _Wake | _EnvDone | _ServerDone
+Message = _Wake | _Written | _EnvDone | _ServerDone
 
 
 @dataclass
@@ -178,12 +209,17 @@ class Supervisor:
         self._published_entries: list[Entry] | None = None
         self._stopping = threading.Event()
         self._woken = True
+        self._desired: Mapping[str, Desired] = {}
 
     # -- public -------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Make the loop look at everything now (thread-safe; for file events and workers)."""
         self.inbox.put(_Wake())
+
+    def written(self, path: str) -> None:
+        """A file was closed after writing, or renamed into place (thread-safe)."""
+        self.inbox.put(_Written(path))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -205,11 +241,14 @@ class Supervisor:
                 now = self.clock()
                 if now >= next_scan or (due is not None and now >= due) or self._woken:
                     scan = self.scanner.scan(now)
+                    self._desired = scan.desired
                     due = scan.next_due
                     next_scan = now + self.settings.rescan_every
                     self._woken = False
-                    for action in plan(scan.desired, self.locations, now):
+                    for action in plan(scan.desired, self.locations, now, scan.early):
                         self._apply(action)
+                    for loc in list(self.locations.values()):
+                        self._promote(loc)
                 self._reap()
                 self._publish()
                 self._retire_due()
@@ -234,7 +273,9 @@ class Supervisor:
 
     def _handle(self, msg: Message) -> None:
         self._woken = True
-        if isinstance(msg, _EnvDone):
+        if isinstance(msg, _Written):
+            self.scanner.mark_written(msg.path)
+        elif isinstance(msg, _EnvDone):
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
             self._on_server(msg)
@@ -246,6 +287,8 @@ class Supervisor:
                 if gen is not None and gen.server is not None:
                     self._retire(gen.server, immediately=gen is loc.next)
             log.info("removed %s (file gone)", action.name)
+        elif isinstance(action, Abandon):
+            self._abandon_next(self.locations[action.name])
         elif isinstance(action, Reject):
             loc = self.locations.setdefault(action.error.name, Location(action.error.name))
             loc.failed_digest, loc.error = action.error.digest, action.error.message
@@ -336,21 +379,29 @@ class Supervisor:
         if msg.error is not None:
             self._fail(loc, gen, msg.error)
             return
+        gen.ready, gen.load_error = True, msg.load_error
+        self._promote(loc)
+
+    def _promote(self, loc: Location) -> None:
+        """Serve a ready generation once its file is stable, and retire the one it replaces."""
+        gen = loc.next
+        stable = self._desired.get(loc.name)
+        if gen is None or not gen.ready or stable is None or stable.digest != gen.digest:
+            return
         assert gen.server is not None
-        seconds = self.clock() - gen.started
-        if msg.load_error:
-            last = msg.load_error.strip().splitlines()[-1] if msg.load_error.strip() else ""
+        if gen.load_error:
+            last = gen.load_error.strip().splitlines()[-1] if gen.load_error.strip() else ""
             log.error("%s: the file failed to load (shown in the UI): %s", loc.name, last)
         log.info(
             "serving %s on port %d (pid %d), ready in %.1fs",
             loc.name,
             gen.server.port,
             gen.server.pid,
-            seconds,
+            self.clock() - gen.started,
         )
         old = loc.current
         loc.current, loc.next = gen, None
-        loc.failed_digest, loc.error = None, msg.load_error
+        loc.failed_digest, loc.error = None, gen.load_error
         if old is not None and old.server is not None:
             self._retire(old.server)
 

@@ -1,0 +1,156 @@
+"""Drop-to-loaded latency of the runner, next to a bare ``dagster api grpc`` start.
+
+    uv run bench/drop_to_loaded.py [--files N]
+
+Starts the whole service (webserver, daemon, runner) on a temporary share, warms the uv cache
+and one environment, then drops files one at a time and times each from the moment the file
+is in place to the moment GraphQL reports its location LOADED, as the UI would see it:
+  - "same env": files whose metadata matches an environment already built;
+  - "new env":  files with new metadata (a new environment, built from the warm uv cache).
+The baseline, in the same run and environment: a bare ``dagster api grpc`` process, from
+spawn to answering a ping (and to having loaded the file). Also prints the RSS of one
+location's server process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
+
+from runner import process  # noqa: E402
+from runner.server import free_port  # noqa: E402
+from tests.service import Service, wait_for  # noqa: E402
+
+SCRIPT = """# /// script
+# requires-python = ">=3.11"
+# dependencies = ["dagster"]
+{extra}# ///
+import dagster as dg
+
+
+@dg.asset
+def number() -> int:
+    return {n}
+
+
+defs = dg.Definitions(assets=[number])
+"""
+
+
+def drop(path: Path, text: str) -> float:
+    tmp = path.parent / f".{path.name}.part"
+    tmp.write_text(text)
+    tmp.rename(path)
+    return time.perf_counter()
+
+
+def time_to_loaded(service: Service, path: Path, text: str) -> float:
+    name = path.stem
+    dropped = drop(path, text)
+    wait_for(
+        f"{name} LOADED",
+        lambda: (e := service.locations().get(name)) and e["loadStatus"] == "LOADED",
+        timeout=300,
+        every=0.05,
+    )
+    return time.perf_counter() - dropped
+
+
+def bare_server(python: Path, file: Path) -> tuple[float, float, int]:
+    """Seconds to answer a ping, seconds to have loaded the file, RSS after loading."""
+    port = free_port("127.0.0.1")
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    started = time.perf_counter()
+    proc = process.spawn(
+        [str(python), "-m", "dagster", "api", "grpc", "--python-file", str(file),
+         "--working-directory", str(file.parent), "--host", "127.0.0.1", "--port", str(port),
+         "--lazy-load-user-code"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                client.ping("x")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.02)
+        pinged = time.perf_counter() - started
+        client.list_repositories()
+        loaded = time.perf_counter() - started
+        rss = psutil.Process(proc.pid).memory_info().rss
+    finally:
+        process.stop(proc, name="bare server", grace=10)
+    return pinged, loaded, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=5, help="files per case (default 5)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        root = Path(tmp)
+        service = Service(root / "share", root / "state", log=root / "service.log")
+        try:
+            wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
+            code = service.code_dir
+            code.mkdir(parents=True, exist_ok=True)
+            warm = time_to_loaded(service, code / "warmup.py", SCRIPT.format(extra="", n=0))
+            same = [
+                time_to_loaded(service, code / f"same_{i}.py", SCRIPT.format(extra="", n=i))
+                for i in range(args.files)
+            ]
+            new = [
+                time_to_loaded(
+                    service,
+                    code / f"new_{i}.py",
+                    SCRIPT.format(extra=f"# [tool.bench]\n# n = {i}\n", n=i),
+                )
+                for i in range(args.files)
+            ]
+            log = service.log_text()
+            pid = int(re.findall(r"serving same_0 on port \d+ \(pid (\d+)\)", log)[-1])
+            server = psutil.Process(pid)
+            location_rss = server.memory_info().rss
+            python = Path(server.cmdline()[0])
+            bare = [bare_server(python, code / "same_0.py") for _ in range(args.files)]
+        finally:
+            service.stop()
+
+    ping = statistics.median(b[0] for b in bare)
+    load = statistics.median(b[1] for b in bare)
+    bare_rss = statistics.median(b[2] for b in bare)
+    mib = 1024 * 1024
+    print(f"drop to LOADED, {args.files} files per case (first file, cold env: {warm:.2f}s)")
+    print(f"  {'case':<44}{'median':>8}{'min':>8}{'max':>8}")
+    rows = [
+        ("runner, same env (env already built)", same),
+        ("runner, new env (built from warm uv cache)", new),
+        ("bare dagster api grpc: spawn -> ping", [b[0] for b in bare]),
+        ("bare dagster api grpc: spawn -> file loaded", [b[1] for b in bare]),
+    ]
+    for label, values in rows:
+        print(f"  {label:<44}{statistics.median(values):>7.2f}s{min(values):>7.2f}s"
+              f"{max(values):>7.2f}s")
+    overhead = statistics.median(same) / ping - 1
+    print(f"runner overhead over a bare server answering a ping: {overhead:+.0%} (same env), "
+          f"{statistics.median(new) / ping - 1:+.0%} (new env); over a bare server that has "
+          f"loaded the file: {statistics.median(same) / load - 1:+.0%} (same env)")
+    print(f"RSS of one location's server: {location_rss / mib:.0f} MiB "
+          f"(bare server after loading: {bare_rss / mib:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
