@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from runner import paths, process
 from runner.cli import setup_logging
@@ -95,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         dead = [(r, p) for r, p in children.items() if p.poll() is not None]
         if dead:
             role, proc = dead[0]
-            log.error("%s (pid %d) %s: stopping the others", role, proc.pid,
-                      process.describe_exit(proc.returncode))
+            log.error(
+                "%s (pid %d) %s: stopping the others",
+                role,
+                proc.pid,
+                process.describe_exit(proc.returncode),
+            )
             exit_code = 1
             break
     if signals_seen:

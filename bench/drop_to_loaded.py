@@ -27,11 +27,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
+from dagster._grpc.client import DagsterGrpcClient
 
-from runner import process  # noqa: E402
-from runner.server import free_port  # noqa: E402
-from tests.service import Service, wait_for  # noqa: E402
+from runner import process
+from runner.server import free_port
+from tests.service import Service, wait_for
 
 SCRIPT = """# /// script
 # requires-python = ">=3.11"
@@ -142,14 +142,20 @@ def main() -> None:
         ("bare dagster api grpc: spawn -> file loaded", [b[1] for b in bare]),
     ]
     for label, values in rows:
-        print(f"  {label:<44}{statistics.median(values):>7.2f}s{min(values):>7.2f}s"
-              f"{max(values):>7.2f}s")
+        print(
+            f"  {label:<44}{statistics.median(values):>7.2f}s{min(values):>7.2f}s"
+            f"{max(values):>7.2f}s"
+        )
     overhead = statistics.median(same) / ping - 1
-    print(f"runner overhead over a bare server answering a ping: {overhead:+.0%} (same env), "
-          f"{statistics.median(new) / ping - 1:+.0%} (new env); over a bare server that has "
-          f"loaded the file: {statistics.median(same) / load - 1:+.0%} (same env)")
-    print(f"RSS of one location's server: {location_rss / mib:.0f} MiB "
-          f"(bare server after loading: {bare_rss / mib:.0f} MiB)")
+    print(
+        f"runner overhead over a bare server answering a ping: {overhead:+.0%} (same env), "
+        f"{statistics.median(new) / ping - 1:+.0%} (new env); over a bare server that has "
+        f"loaded the file: {statistics.median(same) / load - 1:+.0%} (same env)"
+    )
+    print(
+        f"RSS of one location's server: {location_rss / mib:.0f} MiB "
+        f"(bare server after loading: {bare_rss / mib:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         rescan_every=args.rescan_every,
         stable_for=args.stable_for,
+        start_timeout=args.start_timeout,
+        retire_grace=args.retire_grace,
+        keep_last_good=args.on_failure == "keep-last-good",
     )
     where.dagster_home.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(settings)
@@ -55,7 +58,7 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     from .watch import watch
 
-    with watch(settings.code_dir, supervisor.wake, supervisor.written):
+    with watch(settings.code_dir, supervisor.wake, supervisor.written, mode=args.watch):
         supervisor.run()
 
 
@@ -66,6 +69,11 @@ def _daemon(args: argparse.Namespace) -> None:
     where = paths.layout(args.share)
     ensure_exists(where.workspace)
     daemon.run(where.workspace)
+
+
+def _env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,9 +89,45 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("RUNNER_SERVER_HOST", "127.0.0.1"),
         help="address code servers listen on (default 127.0.0.1)",
     )
-    serve.add_argument("--rescan-every", type=float, default=2.0, help="full rescan period (s)")
     serve.add_argument(
-        "--stable-for", type=float, default=1.0, help="a file must be unchanged this long (s)"
+        "--rescan-every",
+        type=float,
+        default=_env("RUNNER_RESCAN_EVERY", 2.0),
+        help="full rescan period, seconds (env RUNNER_RESCAN_EVERY, 2)",
+    )
+    serve.add_argument(
+        "--stable-for",
+        type=float,
+        default=_env("RUNNER_STABLE_FOR", 1.0),
+        help="a file counts once unchanged this long, seconds (env RUNNER_STABLE_FOR, 1)",
+    )
+    serve.add_argument(
+        "--start-timeout",
+        type=float,
+        default=_env("RUNNER_START_TIMEOUT", 180.0),
+        help="a server must answer and load its file within this, seconds "
+        "(env RUNNER_START_TIMEOUT, 180)",
+    )
+    serve.add_argument(
+        "--retire-grace",
+        type=float,
+        default=_env("RUNNER_RETIRE_GRACE", 3600.0),
+        help="a replaced or deleted server may finish its runs this long before SIGKILL, "
+        "seconds (env RUNNER_RETIRE_GRACE, 3600)",
+    )
+    serve.add_argument(
+        "--on-failure",
+        choices=("keep-last-good", "show-error"),
+        default=os.environ.get("RUNNER_ON_FAILURE", "keep-last-good"),
+        help="when a new version fails: keep serving the last good one and show the failure "
+        "beside it, or show the failure in its place (env RUNNER_ON_FAILURE)",
+    )
+    serve.add_argument(
+        "--watch",
+        choices=("auto", "events", "poll"),
+        default=os.environ.get("RUNNER_WATCH", "auto"),
+        help="file events plus rescans, or rescans only; auto polls on network file systems "
+        "(env RUNNER_WATCH)",
     )
     serve.set_defaults(func=_serve)
 

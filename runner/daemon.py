@@ -65,7 +65,12 @@ def read_ack(workspace: Path) -> Ack | None:
 def write_ack(workspace: Path, digest: str | None) -> None:
     from .workspace import write_if_changed
 
-    ack = {"digest": digest, "heartbeat": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+    ack = {
+        "digest": digest,
+        "heartbeat": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
     write_if_changed(ack_path(workspace), json.dumps(ack) + "\n")
 
 

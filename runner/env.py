@@ -14,8 +14,8 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -32,7 +32,15 @@ DAGSTER_VERSION = version("dagster")
 
 
 class BuildError(Exception):
-    """uv could not build the environment; the message is uv's own explanation."""
+    """uv could not build the environment; the message is uv's own explanation.
+
+    ``transient`` errors (the package index could not be reached) are worth retrying; the
+    others fail until the file changes.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,15 @@ class EnvStore:
         meta_script.write_text(script.render_block(spec.metadata))
         staging = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
         env = _uv_env()
-        env["VIRTUAL_ENV"] = str(staging)
         started = time.monotonic()
         try:
-            self._uv(["venv", "--relocatable", "--quiet", str(staging)], env, cwd=meta_script.parent)
+            python = self._find_python(meta_script, spec, env)
+            env["VIRTUAL_ENV"] = str(staging)
+            self._uv(
+                ["venv", "--relocatable", "--quiet", "--python", python, str(staging)],
+                env,
+                cwd=meta_script.parent,
+            )
             self._uv(
                 ["sync", "--script", str(meta_script), "--active", "--no-progress"],
                 env,
@@ -123,7 +136,25 @@ class EnvStore:
         log.debug("built env %s in %.1fs", spec.short, time.monotonic() - started)
         return Env(spec.key, final)
 
-    def _uv(self, args: list[str], env: dict[str, str], *, cwd: Path) -> None:
+    def _find_python(self, meta_script: Path, spec: EnvSpec, env: dict[str, str]) -> str:
+        """The interpreter ``uv run --script`` would use, or a clear error."""
+        try:
+            return self._uv(
+                ["python", "find", "--script", str(meta_script)], env, cwd=meta_script.parent
+            ).strip()
+        except BuildError as exc:
+            wanted = spec.metadata.get("requires-python", "any")
+            hint = ""
+            if env.get("UV_PYTHON_DOWNLOADS") == "never":
+                hint = (
+                    " The runner does not download interpreters (UV_PYTHON_DOWNLOADS=never):"
+                    " install one, or relax requires-python."
+                )
+            raise BuildError(
+                f"no Python interpreter here satisfies requires-python = {wanted!r}.{hint}\n{exc}"
+            ) from None
+
+    def _uv(self, args: list[str], env: dict[str, str], *, cwd: Path) -> str:
         proc = process.spawn(
             [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -136,8 +167,10 @@ class EnvStore:
                 self._running.discard(proc)
         if proc.returncode != 0:
             text = (err or out).decode(errors="replace")
-            raise BuildError(explain_uv_failure(text) if proc.returncode > 0 else
-                             f"uv {process.describe_exit(proc.returncode)}")
+            if proc.returncode < 0:
+                raise BuildError(f"uv {process.describe_exit(proc.returncode)}", transient=True)
+            raise BuildError(explain_uv_failure(text), transient=_unreachable(text))
+        return out.decode(errors="replace")
 
     def cancel_builds(self) -> None:
         """Stop builds in progress (on shutdown); their staging directories are removed."""
@@ -162,6 +195,16 @@ def _uv_env() -> dict[str, str]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NETWORK = re.compile(
+    r"Failed to fetch|error sending request|dns error|tcp connect error|Connection refused"
+    r"|connection reset|operation timed out|Request failed after \d+ retries|network is unreachable",
+    re.IGNORECASE,
+)
+
+
+def _unreachable(output: str) -> bool:
+    """Whether uv failed because the package index could not be reached."""
+    return bool(_NETWORK.search(output))
 
 
 def explain_uv_failure(output: str) -> str:

@@ -53,7 +53,7 @@ def spawn(
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
-        preexec_fn=_child_setup,
+        preexec_fn=_child_setup,  # noqa: PLW1509 - it makes only signal-safe calls
         close_fds=True,
     )
 
@@ -108,7 +108,9 @@ def stop(
             graceful()
             requested = True
         except Exception as exc:  # noqa: BLE001 - any failure means: fall back to SIGTERM
-            log.debug("%s (pid %d): graceful stop failed (%s), sending SIGTERM", name, proc.pid, exc)
+            log.debug(
+                "%s (pid %d): graceful stop failed (%s), sending SIGTERM", name, proc.pid, exc
+            )
     if not requested:
         _kill_group(proc, signal.SIGTERM)
     try:

@@ -79,7 +79,7 @@ class Publisher:
         if not self._wait_for_daemon(digest, version):
             return
         daemon_done = time.monotonic()
-        if self.webserver_url and not self._reload_webserver(version):
+        if self.webserver_url and not self._reload_webserver(version, entries):
             return
         self.published = version
         log.info(
@@ -111,12 +111,17 @@ class Publisher:
             if self._newer_wanted(version):
                 return False
             if time.monotonic() > deadline:
-                log.warning("daemon (pid %d) has not loaded workspace v%d after %.0fs; "
-                            "reloading the webserver anyway", ack.pid, version, self.daemon_timeout)
+                log.warning(
+                    "daemon (pid %d) has not loaded workspace v%d after %.0fs; "
+                    "reloading the webserver anyway",
+                    ack.pid,
+                    version,
+                    self.daemon_timeout,
+                )
                 return True
             time.sleep(0.05)
 
-    def _reload_webserver(self, version: int) -> bool:
+    def _reload_webserver(self, version: int, entries: list[workspace.Entry]) -> bool:
         delay, failures = 0.5, 0
         while True:
             try:
@@ -130,10 +135,12 @@ class Publisher:
             else:
                 if failures >= 10:
                     log.info("webserver reachable again")
+                # Errors the runner already reported are expected; others are news.
+                expected = {e.name for e in entries if e.expect_error}
                 for status in statuses:
-                    if status.error:
-                        log.warning("webserver: location %s failed to load: %s", status.name,
-                                    status.error.strip().splitlines()[-1] if status.error.strip() else "")
+                    if status.error and status.name not in expected:
+                        log.warning("webserver could not load %s: %s", status.name,
+                                    status.error.strip().splitlines()[0])  # fmt: skip
                 return True
             with self._cond:
                 self._cond.wait(timeout=delay)

@@ -8,8 +8,10 @@ The scan never writes into the folder and never keeps a file open.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ class _Seen:
     admitted: tuple[int, int] | None = None  # signature of the last stable read
     result: Desired | None = None  # None: stable, but not a location (a helper module)
     early: Desired | None = None  # what a local writer finished, before the window ends
+    digest: str | None = None  # content digest of the last stable read
 
 
 @dataclass
@@ -131,15 +134,36 @@ class Scanner:
         for gone in set(self._seen) - present:
             del self._seen[gone]
         self._written.clear()  # a hint is good for the scan that follows it only
+        result.desired = self._with_helpers(result.desired)
+        result.early = self._with_helpers(result.early)
         return result
+
+    def _with_helpers(self, specs: dict[str, Desired]) -> dict[str, Desired]:
+        """Fold the folder's helper modules into each location's digest, so that editing
+        ``helpers.py`` reloads the locations that sit beside it."""
+        helpers: dict[str, list[str]] = {}
+        for relpath, seen in self._seen.items():
+            if seen.result is None and seen.digest is not None:
+                helpers.setdefault(posixpath.dirname(relpath), []).append(
+                    f"{relpath}:{seen.digest}"
+                )
+        out: dict[str, Desired] = {}
+        for name, spec in specs.items():
+            beside = helpers.get(posixpath.dirname(spec.relpath))
+            if beside and isinstance(spec, LocationSpec):
+                combined = script.digest_bytes("\n".join([spec.digest, *sorted(beside)]).encode())
+                spec = dataclasses.replace(spec, digest=combined)
+            out[name] = spec
+        return out
 
     def _admit(self, relpath: str, seen: _Seen) -> None:
         try:
-            seen.result = classify(relpath, self.root / relpath, (self.root / relpath).read_bytes())
+            data = (self.root / relpath).read_bytes()
         except OSError as exc:  # vanished or unreadable: look again next scan
             log.warning("cannot read %s: %s", relpath, exc)
             return
-        seen.admitted, seen.early = seen.signature, None
+        seen.result = classify(relpath, self.root / relpath, data)
+        seen.admitted, seen.early, seen.digest = seen.signature, None, script.digest_bytes(data)
 
     def _read(self, relpath: str) -> Desired | None:
         try:

@@ -62,7 +62,7 @@ class CodeServer:
     def exited(self) -> int | None:
         return self.proc.poll()
 
-    def wait_ready(self, *, timeout: float) -> str | None:
+    def wait_ready(self, *, timeout: float) -> SerializableErrorInfo | None:
         """Block until the server answers with our id and has loaded the file.
 
         Returns the file's load error (Dagster's own message) or ``None`` when it loaded.
@@ -77,10 +77,13 @@ class CodeServer:
             try:
                 if client.get_server_id(timeout=2) == self.server_id:
                     break
-            except Exception:  # noqa: BLE001 - not listening yet
+            except Exception:  # noqa: BLE001, S110 - not listening yet
                 pass
             if time.monotonic() > deadline:
-                raise StartError(f"code server did not answer within {timeout:.0f}s")
+                raise StartError(
+                    f"the code server did not answer within {timeout:.0f}s: does importing the "
+                    "file hang, or take longer than the start timeout (RUNNER_START_TIMEOUT)?"
+                )
             time.sleep(0.1)
         # Lazy loading imports the file on the first ListRepositories: do it now, so the
         # webserver and the daemon find it loaded, and so we know whether it loaded.
@@ -92,7 +95,8 @@ class CodeServer:
             )
         except Exception as exc:  # noqa: BLE001
             raise StartError(
-                f"loading the file did not finish within {timeout:.0f}s (does its import hang?)"
+                f"loading the file did not finish within {timeout:.0f}s: does importing it hang, "
+                "or take longer than the start timeout (RUNNER_START_TIMEOUT)?"
                 if "DEADLINE_EXCEEDED" in str(exc) or "timed out" in str(exc).lower()
                 else f"code server failed while loading the file: {exc}"
             ) from None
@@ -109,17 +113,21 @@ class CodeServer:
         )
 
 
-def load_error(serialized: str) -> str | None:
+def load_error(serialized: str) -> SerializableErrorInfo | None:
+    """Dagster's own error when the file failed to load, else ``None``."""
     value = deserialize_value(serialized)
-    if isinstance(value, SerializableErrorInfo):
-        return value.to_string()
-    return None
+    return value if isinstance(value, SerializableErrorInfo) else None
 
 
 def start(
     *, location: str, python: Path, file: Path, host: str, log_level: str = "info"
 ) -> CodeServer:
-    """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it."""
+    """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
+
+    The server writes no bytecode (the code folder may be read-only, and the runner never
+    writes there); the environment's own bytecode was compiled when it was built, and
+    ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
+    """
     port = free_port(host)
     server_id = f"{location}-{uuid.uuid4().hex[:12]}"
     argv = [
@@ -136,6 +144,7 @@ def start(
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     proc = process.spawn(argv, env=env, cwd=file.parent)
     return CodeServer(
         location=location,

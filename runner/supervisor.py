@@ -6,9 +6,10 @@ Slow work (uv builds, waiting for a server to answer, stopping one) runs in work
 and comes back as a message; processes are spawned only from this thread (their
 parent-death signal is tied to the spawning thread).
 
-A location moves through generations: ``next`` is being built and started; once it answers,
-it becomes ``current`` (what workspace.yaml points at) and the previous current is retired
-after the webserver and the daemon have moved to the new workspace.
+A location moves through generations: ``next`` is being built and started; once it answers
+and its file is stable, it becomes ``current`` (what workspace.yaml points at), and the
+previous current is retired after the daemon and the webserver have moved to the new
+workspace. Failures are kept on the location and shown in the UI (see ``errors``).
 """
 
 from __future__ import annotations
@@ -17,19 +18,28 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagster._utils.error import SerializableErrorInfo
+
 from . import env as envs
 from . import server as servers
+from .errors import ErrorServer, error_info, summarize
+from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
 from .process import describe_exit
 from .publish import Publisher
-from .scan import Desired, LocationSpec, Scanner, SpecError
+from .scan import Desired, LocationSpec, Scanner
 from .workspace import Entry
 
 log = logging.getLogger(__name__)
+
+#: Suffix of the extra entry that shows a failed new version while the last good one serves.
+#: "~" never occurs in a location name, so it cannot collide with a file's location.
+FAILED_SUFFIX = "~new-version-failed"
 
 
 @dataclass(frozen=True)
@@ -42,106 +52,13 @@ class Settings:
     rescan_every: float = 2.0
     stable_for: float = 1.0
     start_timeout: float = 180.0
-    retire_grace: float = 60.0
+    #: How long a replaced or deleted server may take to finish its in-flight runs.
+    retire_grace: float = 3600.0
     shutdown_grace: float = 8.0
+    #: When a new version fails, keep serving the last good one (and show the failure beside
+    #: it); False shows the failure in place of the location.
+    keep_last_good: bool = True
     max_parallel_builds: int = 2
-
-
-@dataclass
-class Generation:
-    """One attempt at serving one version of a file."""
-
-    spec: LocationSpec
-    env: envs.EnvSpec
-    started: float
-    server: servers.CodeServer | None = None
-    ready: bool = False  # answered and loaded; waits for the file to be stable to be served
-    load_error: str | None = None
-
-    @property
-    def digest(self) -> str:
-        return self.spec.digest
-
-
-@dataclass
-class Location:
-    name: str
-    current: Generation | None = None  # what workspace.yaml points at
-    next: Generation | None = None  # being built or started
-    failed_digest: str | None = None  # the version that failed: not retried until it changes
-    error: str | None = None
-    crashes: int = 0
-    restart_at: float | None = None
-
-
-# --- pure decisions -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepare:
-    spec: LocationSpec
-
-
-@dataclass(frozen=True)
-class Remove:
-    name: str
-
-
-@dataclass(frozen=True)
-class Abandon:
-    name: str
-
-
-@dataclass(frozen=True)
-class Reject:
-    error: SpecError
-
-
-Action = Prepare | Remove | Abandon | Reject
-
-
-def plan(
-    desired: Mapping[str, Desired],
-    actual: Mapping[str, Location],
-    now: float,
-    early: Mapping[str, Desired] | None = None,
-) -> list[Action]:
-    """What to do so that ``actual`` converges on ``desired``. Removals come first.
-
-    ``early`` holds files a local writer has finished but that are not stable yet: they are
-    prepared ahead (the server starts while the stability window runs out) but an error in
-    one is not reported, since the file may still be half-written.
-    """
-    early = early or {}
-    names = set(desired) | set(early)
-    actions: list[Action] = [Remove(name) for name in sorted(actual) if name not in names]
-    for name in sorted(names):
-        want = early.get(name)
-        if want is None or isinstance(want, SpecError):
-            want = desired.get(name)
-        if want is None:
-            continue
-        loc = actual.get(name)
-        if loc is not None and want.digest == loc.failed_digest:
-            continue  # failed already: wait for the file to change
-        if isinstance(want, SpecError):
-            actions.append(Reject(want))
-            continue
-        if loc is None:
-            actions.append(Prepare(want))
-            continue
-        if loc.next is not None and loc.next.digest == want.digest:
-            continue  # on its way
-        if loc.current is not None and loc.current.digest == want.digest:
-            if loc.next is not None:
-                actions.append(Abandon(name))  # an edit was reverted: drop the next one
-                continue
-            crashed = loc.current.server is not None and loc.current.server.exited() is not None
-            if crashed and loc.restart_at is not None and now >= loc.restart_at:
-                actions.append(Prepare(want))
-            continue
-        actions.append(Prepare(want))
-    return actions
 
 
 # --- messages from workers ------------------------------------------------------------
@@ -161,7 +78,7 @@ class _Written:
 class _EnvDone:
     key: str
     env: envs.Env | None
-    error: str | None
+    error: envs.BuildError | None
     seconds: float
 
 
@@ -169,16 +86,22 @@ class _EnvDone:
 class _ServerDone:
     name: str
     gen: Generation
-    load_error: str | None
+    load_error: SerializableErrorInfo | None
     error: str | None
 
 
-Message = _Wake | _Written | _EnvDone | _ServerDone
+@dataclass(frozen=True)
+class _Stopped:
+    env_key: str | None
+
+
+Message = _Wake | _Written | _EnvDone | _ServerDone | _Stopped
 
 
 @dataclass
 class _Retiring:
-    server: servers.CodeServer
+    server: Served
+    env_key: str | None
     after_version: int | None = None  # stop once this workspace version is published
     since: float = field(default_factory=time.monotonic)
 
@@ -206,10 +129,12 @@ class Supervisor:
         self._build_pool = ThreadPoolExecutor(settings.max_parallel_builds, "build")
         self._io_pool = ThreadPoolExecutor(64, "server-io")
         self._retiring: list[_Retiring] = []
+        self._stopping_envs: Counter[str] = Counter()  # env keys of servers being stopped
+        self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published_entries: list[Entry] | None = None
+        self._desired: Mapping[str, Desired] = {}
         self._stopping = threading.Event()
         self._woken = True
-        self._desired: Mapping[str, Desired] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -233,7 +158,9 @@ class Supervisor:
         """Reconcile until :meth:`stop`; then stop every server we started."""
         self.settings.code_dir.mkdir(parents=True, exist_ok=True)
         self.publisher.start()
-        log.info("watching %s (rescan every %.0fs)", self.settings.code_dir, self.settings.rescan_every)
+        log.info(
+            "watching %s (rescan every %.0fs)", self.settings.code_dir, self.settings.rescan_every
+        )
         try:
             next_scan = 0.0
             due: float | None = None
@@ -241,8 +168,7 @@ class Supervisor:
                 now = self.clock()
                 if now >= next_scan or (due is not None and now >= due) or self._woken:
                     scan = self.scanner.scan(now)
-                    self._desired = scan.desired
-                    due = scan.next_due
+                    self._desired, due = scan.desired, scan.next_due
                     next_scan = now + self.settings.rescan_every
                     self._woken = False
                     for action in plan(scan.desired, self.locations, now, scan.early):
@@ -252,12 +178,12 @@ class Supervisor:
                 self._reap()
                 self._publish()
                 self._retire_due()
-                wake_at = min(t for t in (next_scan, due, self._next_restart()) if t is not None)
+                wake_at = min(t for t in (next_scan, due, self._next_retry()) if t is not None)
                 self._drain(timeout=max(0.0, wake_at - self.clock()))
         finally:
             self._shutdown()
 
-    # -- the loop's steps -----------------------------------------------------------------
+    # -- messages -------------------------------------------------------------------------
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -279,21 +205,30 @@ class Supervisor:
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
             self._on_server(msg)
+        elif isinstance(msg, _Stopped) and msg.env_key is not None:
+            self._stopping_envs[msg.env_key] -= 1
+            self._collect_envs()
+
+    # -- actions --------------------------------------------------------------------------
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Remove):
             loc = self.locations.pop(action.name)
-            for gen in (loc.current, loc.next):
-                if gen is not None and gen.server is not None:
-                    self._retire(gen.server, immediately=gen is loc.next)
+            self._abandon_next(loc)
+            if loc.current is not None:
+                self._retire(loc.current)
+            self._set_error(loc, None)
             log.info("removed %s (file gone)", action.name)
         elif isinstance(action, Abandon):
             self._abandon_next(self.locations[action.name])
         elif isinstance(action, Reject):
-            loc = self.locations.setdefault(action.error.name, Location(action.error.name))
-            loc.failed_digest, loc.error = action.error.digest, action.error.message
+            spec_error = action.error
+            loc = self.locations.setdefault(spec_error.name, Location(spec_error.name))
             self._abandon_next(loc)
-            log.error("%s: %s: %s", action.error.name, action.error.relpath, action.error.message)
+            log.error("%s: %s: %s", spec_error.name, spec_error.relpath, spec_error.message)
+            self._record_failure(
+                loc, spec_error.digest, error_info(f"{spec_error.relpath}: {spec_error.message}")
+            )
         elif isinstance(action, Prepare):
             self._prepare(action.spec)
 
@@ -302,66 +237,69 @@ class Supervisor:
         self._abandon_next(loc)
         env_spec = envs.spec_for(spec.metadata)
         loc.next = Generation(spec=spec, env=env_spec, started=self.clock())
-        loc.restart_at = None
+        loc.retry_at = None
         built = self.store.get(env_spec)
         if built is not None:
             self._spawn(loc, built)
-            return
-        if env_spec.key not in self._builds:
-            extra = " (adding dagster==%s: the file does not list it)" % envs.DAGSTER_VERSION
-            log.info(
-                "building env %s for %s%s",
-                env_spec.short,
-                spec.name,
-                extra if env_spec.added_dagster else "",
-            )
+        elif env_spec.key in self._builds:
+            log.info("%s waits for env %s, already building", spec.name, env_spec.short)
+        else:
+            added = f" (adding dagster=={envs.DAGSTER_VERSION}: the file does not list it)"
+            log.info("building env %s for %s%s", env_spec.short, spec.name,
+                     added if env_spec.added_dagster else "")  # fmt: skip
             self._builds[env_spec.key] = self.clock()
             self._build_pool.submit(self._build, env_spec)
-        else:
-            log.info("%s waits for env %s, already building", spec.name, env_spec.short)
 
     def _build(self, env_spec: envs.EnvSpec) -> None:
         started = time.monotonic()
+        env, error = None, None
         try:
-            env, error = self.store.build(env_spec), None
+            env = self.store.build(env_spec)
         except envs.BuildError as exc:
-            env, error = None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - report, never kill the worker silently
+            error = exc
+        except Exception as exc:
             log.exception("building env %s crashed", env_spec.short)
-            env, error = None, f"building the environment failed: {exc}"
+            error = envs.BuildError(f"building the environment failed: {exc}")
         self.inbox.put(_EnvDone(env_spec.key, env, error, time.monotonic() - started))
 
     def _on_env(self, msg: _EnvDone) -> None:
         self._builds.pop(msg.key, None)
-        short = msg.key[:12]
         if msg.env is not None:
-            log.info("built env %s in %.1fs", short, msg.seconds)
+            log.info("built env %s in %.1fs", msg.key[:12], msg.seconds)
         for loc in list(self.locations.values()):
             gen = loc.next
             if gen is None or gen.env.key != msg.key or gen.server is not None:
                 continue
-            if msg.env is None:
-                self._fail(loc, gen, f"could not build the environment:\n{msg.error}")
-            else:
+            if msg.env is not None:
+                loc.attempts = 0
                 self._spawn(loc, msg.env)
+            elif msg.error is not None and msg.error.transient:
+                self._fail(loc, gen, f"the package index could not be reached:\n{msg.error}",
+                           transient=True)  # fmt: skip
+            else:
+                self._fail(loc, gen, f"could not build the environment:\n{msg.error}")
 
     def _spawn(self, loc: Location, env: envs.Env) -> None:
         gen = loc.next
         assert gen is not None
         try:
-            gen.server = servers.start(
-                location=loc.name, python=env.python, file=gen.spec.path, host=self.settings.host
+            server = servers.start(
+                location=loc.name,
+                python=env.python,
+                file=gen.spec.path,
+                host=self.settings.host,
             )
         except OSError as exc:
             self._fail(loc, gen, f"could not start the code server: {exc}")
             return
-        log.info("starting %s on port %d (pid %d)", loc.name, gen.server.port, gen.server.pid)
-        self._io_pool.submit(self._wait_ready, loc.name, gen)
+        gen.server = server
+        self._used_envs.add(env.key)
+        log.info("starting %s on port %d (pid %d)", loc.name, server.port, server.pid)
+        self._io_pool.submit(self._wait_ready, loc.name, gen, server)
 
-    def _wait_ready(self, name: str, gen: Generation) -> None:
-        assert gen.server is not None
+    def _wait_ready(self, name: str, gen: Generation, server: servers.CodeServer) -> None:
         try:
-            load_error = gen.server.wait_ready(timeout=self.settings.start_timeout)
+            load_error = server.wait_ready(timeout=self.settings.start_timeout)
         except servers.StartError as exc:
             self.inbox.put(_ServerDone(name, gen, None, str(exc)))
         except Exception as exc:  # noqa: BLE001
@@ -371,13 +309,15 @@ class Supervisor:
 
     def _on_server(self, msg: _ServerDone) -> None:
         loc = self.locations.get(msg.name)
-        if loc is None or loc.next is not msg.gen:
-            if msg.gen.server is not None:  # superseded or removed meanwhile
-                self._retire(msg.gen.server, immediately=True)
-            return
         gen = msg.gen
+        if loc is None or loc.next is not gen:
+            return  # superseded or removed meanwhile; its server is already retiring
         if msg.error is not None:
             self._fail(loc, gen, msg.error)
+            return
+        if msg.load_error is not None and self._serves_well(loc) and self.settings.keep_last_good:
+            # Dagster's own error for the new version; the last good one keeps serving.
+            self._fail(loc, gen, msg.load_error)
             return
         gen.ready, gen.load_error = True, msg.load_error
         self._promote(loc)
@@ -389,32 +329,62 @@ class Supervisor:
         if gen is None or not gen.ready or stable is None or stable.digest != gen.digest:
             return
         assert gen.server is not None
-        if gen.load_error:
-            last = gen.load_error.strip().splitlines()[-1] if gen.load_error.strip() else ""
-            log.error("%s: the file failed to load (shown in the UI): %s", loc.name, last)
-        log.info(
-            "serving %s on port %d (pid %d), ready in %.1fs",
-            loc.name,
-            gen.server.port,
-            gen.server.pid,
-            self.clock() - gen.started,
-        )
+        if gen.load_error is not None:
+            log.error("%s: the file failed to load (shown in the UI): %s", loc.name,
+                      summarize(gen.load_error))  # fmt: skip
+        log.info("serving %s on port %d (pid %d), ready in %.1fs", loc.name, gen.server.port,
+                 getattr(gen.server, "pid", 0), self.clock() - gen.started)  # fmt: skip
         old = loc.current
         loc.current, loc.next = gen, None
-        loc.failed_digest, loc.error = None, gen.load_error
-        if old is not None and old.server is not None:
-            self._retire(old.server)
+        loc.failed_digest = loc.retry_digest = loc.retry_at = None
+        self._set_error(loc, None)
+        if old is not None:
+            self._retire(old)
 
-    def _fail(self, loc: Location, gen: Generation, message: str) -> None:
-        log.error("%s: %s", loc.name, message)
-        if gen.server is not None:
-            self._retire(gen.server, immediately=True)
+    def _fail(
+        self, loc: Location, gen: Generation, error: str | SerializableErrorInfo, *,
+        transient: bool = False,
+    ) -> None:  # fmt: skip
+        """A new generation did not make it: record why, and retry only if worth it."""
+        info = (
+            error
+            if isinstance(error, SerializableErrorInfo)
+            else error_info(f"{gen.spec.relpath}: {error}")
+        )
         loc.next = None
-        loc.failed_digest, loc.error = gen.digest, message
+        if gen.server is not None:
+            self._retire(gen, immediately=True)
+        if transient:
+            loc.attempts += 1
+            delay = loc.backoff(base=5.0, cap=300.0)
+            loc.retry_digest, loc.retry_at = gen.digest, self.clock() + delay
+            info = error_info(f"{info.message.rstrip()}\n(retrying in {delay:.0f}s)")
+            log.error("%s: %s; retrying in %.0fs", loc.name, summarize(info), delay)
+            self._set_error(loc, info)
+            return
+        log.error(
+            "%s: %s",
+            loc.name,
+            info.message.rstrip()
+            if isinstance(error, str)
+            else "the new version failed to load: " + summarize(info),
+        )
+        self._record_failure(loc, gen.digest, info)
+
+    def _record_failure(self, loc: Location, digest: str, info: SerializableErrorInfo) -> None:
+        loc.failed_digest = digest
+        loc.retry_digest = loc.retry_at = None
+        if not self.settings.keep_last_good and loc.current is not None:
+            self._retire(loc.current)
+            loc.current = None
+        self._set_error(loc, info)
+
+    def _serves_well(self, loc: Location) -> bool:
+        return loc.current is not None and loc.current.alive() and loc.current.load_error is None
 
     def _abandon_next(self, loc: Location) -> None:
         if loc.next is not None and loc.next.server is not None:
-            self._retire(loc.next.server, immediately=True)
+            self._retire(loc.next, immediately=True)
         loc.next = None
 
     def _reap(self) -> None:
@@ -422,33 +392,54 @@ class Supervisor:
         now = self.clock()
         for loc in self.locations.values():
             gen = loc.current
-            if gen is None or gen.server is None or loc.restart_at is not None:
+            if gen is None or gen.server is None or loc.next is not None:
+                continue
+            if loc.retry_at is not None or gen.alive():
                 continue
             code = gen.server.exited()
-            if code is None:
-                continue
-            healthy_for = now - gen.server.started
-            loc.crashes = 1 if healthy_for > 60 else loc.crashes + 1
-            delay = min(60.0, 2.0 ** (loc.crashes - 1))
-            loc.restart_at = now + delay
-            log.error(
-                "%s: code server (pid %d) %s; restarting in %.0fs",
-                loc.name,
-                gen.server.pid,
-                describe_exit(code),
-                delay,
-            )
+            healthy_for = now - gen.started
+            loc.attempts = 1 if healthy_for > 60 else loc.attempts + 1
+            delay = loc.backoff(base=1.0, cap=60.0)
+            loc.retry_digest, loc.retry_at = gen.digest, now + delay
+            pid = getattr(gen.server, "pid", 0)
+            reason = f"the code server (pid {pid}) {describe_exit(code)}"
+            log.error("%s: %s; restarting in %.0fs (attempt %d)", loc.name, reason, delay,
+                      loc.attempts)  # fmt: skip
+            self._set_error(loc, error_info(
+                f"{gen.spec.relpath}: {reason}; restarting in {delay:.0f}s (attempt {loc.attempts})"
+            ))  # fmt: skip
 
-    def _next_restart(self) -> float | None:
-        times = [loc.restart_at for loc in self.locations.values() if loc.restart_at is not None]
+    def _next_retry(self) -> float | None:
+        times = [loc.retry_at for loc in self.locations.values() if loc.retry_at is not None]
         return min(times) if times else None
 
+    # -- what the UI sees ----------------------------------------------------------------
+
+    def _set_error(self, loc: Location, info: SerializableErrorInfo | None) -> None:
+        """Show ``info`` on the location (an in-process error server), or stop showing it."""
+        if loc.error_server is not None and (info is None or info is not loc.error):
+            self._retiring.append(_Retiring(loc.error_server, None))
+            loc.error_server = None
+        loc.error = info
+        if info is not None and loc.error_server is None:
+            try:
+                loc.error_server = ErrorServer(loc.name, info, host=self.settings.host)
+            except OSError as exc:
+                log.error("%s: cannot show its error in the UI: %s", loc.name, exc)
+
     def entries(self) -> list[Entry]:
-        return sorted(
-            Entry(loc.name, self.settings.host, loc.current.server.port)
-            for loc in self.locations.values()
-            if loc.current is not None and loc.current.server is not None
-        )
+        host, out = self.settings.host, []
+        for loc in self.locations.values():
+            error_port = loc.error_server.port if loc.error_server is not None else None
+            current = loc.current
+            if current is not None and current.server is not None and current.alive():
+                broken = current.load_error is not None
+                out.append(Entry(loc.name, host, current.server.port, expect_error=broken))
+                if error_port is not None:
+                    out.append(Entry(loc.name + FAILED_SUFFIX, host, error_port, True))
+            elif error_port is not None:
+                out.append(Entry(loc.name, host, error_port, expect_error=True))
+        return sorted(out)
 
     def _publish(self) -> None:
         entries = self.entries()
@@ -460,27 +451,58 @@ class Supervisor:
             if item.after_version is None:
                 item.after_version = version
 
-    def _retire(self, server: servers.CodeServer, *, immediately: bool = False) -> None:
-        item = _Retiring(server, after_version=0 if immediately else None)
-        self._retiring.append(item)
+    # -- retiring and cleanup ------------------------------------------------------------
+
+    def _retire(self, gen: Generation, *, immediately: bool = False) -> None:
+        """Stop ``gen``'s server once no published workspace points at it."""
+        if gen.server is None:
+            return
+        self._retiring.append(_Retiring(gen.server, gen.env.key, 0 if immediately else None))
+        self._stopping_envs[gen.env.key] += 1
 
     def _retire_due(self) -> None:
         keep = []
         for item in self._retiring:
-            published = item.after_version is not None and self.publisher.published >= item.after_version
-            overdue = time.monotonic() - item.since > self.settings.retire_grace
+            published = (
+                item.after_version is not None and self.publisher.published >= item.after_version
+            )
+            # A webserver that stays unreachable must not keep old servers forever.
+            overdue = time.monotonic() - item.since > 120
             if published or overdue:
-                self._io_pool.submit(item.server.stop, grace=self.settings.retire_grace)
+                self._io_pool.submit(self._stop_server, item)
             else:
                 keep.append(item)
         self._retiring = keep
 
+    def _stop_server(self, item: _Retiring) -> None:
+        try:
+            item.server.stop(grace=self.settings.retire_grace)
+        finally:
+            self.inbox.put(_Stopped(item.env_key))
+
+    def _collect_envs(self) -> None:
+        """Delete environments this runner used and nothing uses any more."""
+        in_use = {
+            gen.env.key
+            for loc in self.locations.values()
+            for gen in (loc.current, loc.next)
+            if gen is not None
+        }
+        in_use |= {key for key, count in self._stopping_envs.items() if count > 0}
+        in_use |= set(self._builds)
+        for key in self._used_envs - in_use:
+            log.info("removing env %s (no location uses it any more)", key[:12])
+            self.store.remove(key)
+            self._used_envs.discard(key)
+
     def _shutdown(self) -> None:
         self.publisher.stop()
-        live = [item.server for item in self._retiring]
+        live: list[Served] = [item.server for item in self._retiring]
         for loc in self.locations.values():
             live += [g.server for g in (loc.current, loc.next) if g is not None and g.server]
-        log.info("stopping %d code server(s)", len(live))
+            if loc.error_server is not None:
+                live.append(loc.error_server)
+        log.info("stopping %d server(s)", len(live))
         grace = self.settings.shutdown_grace
         threads = [
             threading.Thread(target=s.stop, kwargs={"grace": grace}, daemon=True) for s in live

@@ -25,6 +25,8 @@ class Entry:
     name: str
     host: str
     port: int
+    #: The runner knows this location reports a load error (not written to the file).
+    expect_error: bool = False
 
 
 def render(entries: list[Entry]) -> str:

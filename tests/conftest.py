@@ -19,9 +19,13 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Service]:
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, state_dir: Path
+) -> Iterator[Service]:
+    """The whole service on a fresh share; a module may set SERVICE_ENV for its settings."""
     share = tmp_path_factory.mktemp("share")
-    svc = Service(share, state_dir, log=share.parent / f"{share.name}-service.log")
+    env = getattr(request.module, "SERVICE_ENV", None)
+    svc = Service(share, state_dir, log=share.parent / f"{share.name}-service.log", env=env)
     try:
         yield svc
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def drop(path: Path, text: str) -> None:
+    """Write a file aside and rename it in, as a copy onto a share or an editor's save does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.part"
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: float = 0.25) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -38,21 +54,32 @@ def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: 
             if value:
                 return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 class Service:
     """``entrypoint.py`` on a temporary share and a free port."""
 
-    def __init__(self, share: Path, state_dir: Path, *, role: str = "all", log: Path) -> None:
+    def __init__(
+        self,
+        share: Path,
+        state_dir: Path,
+        *,
+        role: str = "all",
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.share = share
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
+        extra_env, env = env, dict(os.environ)
         env.pop("DAGSTER_HOME", None)
         env.pop("DAGSTER_WEBSERVER_URL", None)
         env["RUNNER_STATE_DIR"] = str(state_dir)
         env["UV_PYTHON_DOWNLOADS"] = "never"
+        env.update(extra_env or {})
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -91,10 +118,31 @@ class Service:
         data = self.graphql(
             """{ workspaceOrError { __typename ... on Workspace { locationEntries {
                  name loadStatus
-                 locationOrLoadError { __typename ... on PythonError { message } }
+                 locationOrLoadError { __typename ... on PythonError {
+                   message causes { message } } }
             } } } }"""
         )
         return {e["name"]: e for e in data["workspaceOrError"]["locationEntries"]}
+
+    def error_of(self, name: str) -> str | None:
+        """The load error the UI shows for location ``name``, with its causes (None: loaded)."""
+        entry = self.locations().get(name)
+        loaded = (entry or {}).get("locationOrLoadError") or {}
+        if loaded.get("__typename") != "PythonError":
+            return None
+        return "\n".join([loaded["message"], *(c["message"] for c in loaded["causes"])])
+
+    def wait_error(self, name: str, contains: str, timeout: float = 180) -> str:
+        return wait_for(
+            f"location {name} to show an error containing {contains!r}",
+            lambda: (e := self.error_of(name)) and contains in e and e,
+            timeout=timeout,
+        )
+
+    def server_pids(self, name: str) -> list[int]:
+        """Pids of the code servers the runner logged as serving ``name``, oldest first."""
+        pattern = rf"serving {re.escape(name)} on port \d+ \(pid (\d+)\)"
+        return [int(pid) for pid in re.findall(pattern, self.log_text())]
 
     def wait_loaded(self, name: str, timeout: float = 180) -> dict[str, Any]:
         def loaded() -> dict[str, Any] | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner import env
+from runner.plan import Abandon, Generation, Location, Prepare, Reject, Remove, plan
 from runner.scan import LocationSpec, SpecError
 from runner.script import ScriptMetadata
-from runner.supervisor import Abandon, Generation, Location, Prepare, Reject, Remove, plan
 
 META = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
 
@@ -63,9 +63,23 @@ def test_bad_metadata_is_rejected_once() -> None:
 def test_a_crashed_server_is_restarted_only_after_its_backoff() -> None:
     s = spec("a", "1")
     loc = serving(s, FakeServer(exit_code=-9))
-    loc.restart_at = 10.0
+    loc.retry_digest, loc.retry_at = "1", 10.0
     assert plan({"a": s}, {"a": loc}, now=5.0) == []
     assert plan({"a": s}, {"a": loc}, now=10.0) == [Prepare(s)]
+
+
+def test_an_edit_during_a_backoff_is_tried_at_once() -> None:
+    loc = Location("a", retry_digest="1", retry_at=100.0)
+    assert plan({"a": spec("a", "2")}, {"a": loc}, now=0) == [Prepare(spec("a", "2"))]
+
+
+def test_backoff_doubles_up_to_a_cap() -> None:
+    loc = Location("a")
+    delays = []
+    for attempts in range(1, 9):
+        loc.attempts = attempts
+        delays.append(loc.backoff(base=1.0, cap=60.0))
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
 def test_a_reverted_edit_abandons_the_next_generation() -> None:

@@ -64,3 +64,30 @@ def test_deleted_files_leave_the_desired_set(tmp_path: Path) -> None:
     assert "a" in scanner.scan(now=0).desired
     (tmp_path / "a.py").unlink()
     assert scanner.scan(now=1).desired == {}
+
+
+def test_network_file_systems_are_polled() -> None:
+    from runner.watch import choose_mode, fs_type
+
+    mounts = (
+        "/dev/vda / ext4 rw 0 0\n"
+        "//files.example/share /mnt/share cifs rw 0 0\n"
+        "server:/export /mnt/my\\040nfs nfs4 rw 0 0\n"
+    )
+    assert fs_type(Path("/mnt/share/code_location"), mounts) == "cifs"
+    assert fs_type(Path("/mnt/my nfs/x"), mounts) == "nfs4"
+    assert fs_type(Path("/mnt/shared"), mounts) == "ext4"  # a prefix is not a parent
+    assert choose_mode(Path("/tmp"), "poll") == "poll"
+    assert choose_mode(Path("/tmp"), "events") == "events"
+
+
+def test_editing_a_helper_changes_the_digest_of_the_locations_beside_it(tmp_path: Path) -> None:
+    write(tmp_path / "team/job.py", SCRIPT)
+    write(tmp_path / "team/helpers.py", "X = 1\n")
+    write(tmp_path / "other/job.py", SCRIPT)
+    scanner = Scanner(tmp_path, stable_for=0)
+    before = scanner.scan(now=0).desired
+    write(tmp_path / "team/helpers.py", "X = 2\n")
+    after = scanner.scan(now=1).desired
+    assert after["team.job"].digest != before["team.job"].digest
+    assert after["other.job"].digest == before["other.job"].digest

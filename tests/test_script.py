@@ -38,12 +38,14 @@ def test_a_file_without_a_block_is_not_a_location() -> None:
     [
         ("# /// script\n# dependencies = [\n# ///\n", "not valid TOML"),
         ("# /// script\n# dependencies = []\n", "not closed"),
-        ("# /// script\n# dependencies = []\n# ///\n# /// script\n# dependencies = []\n# ///\n",
-         "more than one"),
+        (
+            "# /// script\n# dependencies = []\n# ///\n# /// script\n# dependencies = []\n# ///\n",
+            "more than one",
+        ),
         ("# /// script\n# packages = []\n# ///\n", "unknown key(s) in the script block: packages"),
-        ("# /// script\n# dependencies = \"dagster\"\n# ///\n", "must be a list of strings"),
-        ("# /// script\n# dependencies = [\"dagster>>1\"]\n# ///\n", "invalid dependency"),
-        ("# /// script\n# requires-python = \"three\"\n# ///\n", "invalid requires-python"),
+        ('# /// script\n# dependencies = "dagster"\n# ///\n', "must be a list of strings"),
+        ('# /// script\n# dependencies = ["dagster>>1"]\n# ///\n', "invalid dependency"),
+        ('# /// script\n# requires-python = "three"\n# ///\n', "invalid requires-python"),
     ],
 )
 def test_malformed_blocks_say_what_is_wrong(text: str, message: str) -> None:
@@ -52,7 +54,11 @@ def test_malformed_blocks_say_what_is_wrong(text: str, message: str) -> None:
 
 
 def test_render_block_round_trips() -> None:
-    data = {"requires-python": ">=3.11", "dependencies": ["dagster==1.13.0"], "tool": {"uv": {"x": 1}}}
+    data = {
+        "requires-python": ">=3.11",
+        "dependencies": ["dagster==1.13.0"],
+        "tool": {"uv": {"x": 1}},
+    }
     meta = parse_metadata(render_block(data))
     assert meta is not None and meta.to_toml_dict() == data
 
@@ -82,5 +88,7 @@ def test_names_never_collide() -> None:
     ]  # fmt: skip
     names = [location_name(p) for p in paths]
     assert len(set(names)) == len(names), names
-    assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
-               for n in names)
+    assert all(
+        set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+        for n in names
+    )

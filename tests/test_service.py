@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from runner.script import location_name
-from tests.service import ROOT, Service, wait_for
+from tests.service import ROOT, Service, alive, drop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ DEPS = '["dagster", "humanize>=4"]'
 
 def pipeline(marker: Path, *, deps: str = DEPS, extra: str = "") -> str:
     """A PEP 723 file whose asset records which interpreter ran it."""
-    return f'''# /// script
+    return f"""# /// script
 # requires-python = ">=3.11"
 # dependencies = {deps}
 # ///
@@ -48,21 +48,7 @@ def population_words(population: int) -> str:
 
 
 defs = dg.Definitions(assets=[population, population_words])
-'''
-
-
-def drop(path: Path, text: str) -> None:
-    """Write the file aside and rename it in, as a copy onto a share ends up."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.part"
-    tmp.write_text(text)
-    tmp.rename(path)
-
-
-def server_pid(service: Service, name: str) -> int:
-    found = re.findall(rf"serving {re.escape(name)} on port \d+ \(pid (\d+)\)", service.log_text())
-    assert found, f"no server logged for {name}"
-    return int(found[-1])
+"""
 
 
 def test_dropped_file_loads_and_runs_in_its_own_environment(
@@ -86,7 +72,9 @@ def test_subfolder_file_imports_its_sibling_helper(service: Service, tmp_path: P
     marker = tmp_path / "ran-with.txt"
     folder = service.code_dir / "team_a"
     drop(folder / "helpers.py", "def greet(name):\n    return f'hello {name}'\n")
-    drop(folder / "report.py", pipeline(marker, extra="from helpers import greet\nassert greet('x')"))
+    drop(
+        folder / "report.py", pipeline(marker, extra="from helpers import greet\nassert greet('x')")
+    )
 
     service.wait_loaded("team_a.report")
     run_id = service.materialize_all("team_a.report")
@@ -122,12 +110,12 @@ def test_file_without_dagster_gets_the_runners_dagster(service: Service, tmp_pat
 
 
 def test_deleted_file_disappears_and_its_server_stops(service: Service) -> None:
-    pid = server_pid(service, "tally")
+    pid = service.server_pids("tally")[-1]
     assert psutil.pid_exists(pid)
     (service.code_dir / "tally.py").unlink()
 
     wait_for("tally to leave the workspace", lambda: "tally" not in service.locations())
-    wait_for(f"server pid {pid} to exit", lambda: not _alive(pid), timeout=60)
+    wait_for(f"server pid {pid} to exit", lambda: not alive(pid), timeout=60)
     assert "team_a.report" in service.locations()  # the others are untouched
 
 
@@ -155,10 +143,3 @@ def test_ctrl_c_stops_everything_within_15s(service: Service) -> None:
     assert service.proc.returncode == 0, service.log_text()[-3000:]
     assert took < 15, f"stopping took {took:.1f}s"
     assert service.leftovers() == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -1,0 +1,131 @@
+"""What the runner has, and what it should do next: typed records and one pure function.
+
+``plan(desired, actual, now)`` compares the files on the share with the locations the runner
+holds and returns actions; it performs none. The supervisor carries them out. Keeping the
+decisions here, free of processes and clocks, makes them testable in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from dagster._utils.error import SerializableErrorInfo
+
+from . import env as envs
+from .scan import Desired, LocationSpec, SpecError
+
+
+class Served(Protocol):
+    """A process or in-process server that a workspace entry can point at."""
+
+    port: int
+
+    def exited(self) -> int | None: ...
+
+    def stop(self, *, grace: float) -> None: ...
+
+
+@dataclass
+class Generation:
+    """One attempt at serving one version of a file."""
+
+    spec: LocationSpec
+    env: envs.EnvSpec
+    started: float
+    server: Served | None = None
+    ready: bool = False  # answered and loaded; served once its file is stable
+    load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
+
+    @property
+    def digest(self) -> str:
+        return self.spec.digest
+
+    def alive(self) -> bool:
+        return self.server is not None and self.server.exited() is None
+
+
+@dataclass
+class Location:
+    """Everything the runner holds for one location name."""
+
+    name: str
+    current: Generation | None = None  # what workspace.yaml points at
+    next: Generation | None = None  # being built or started
+    error: SerializableErrorInfo | None = None  # shown in the UI while set
+    error_server: Served | None = None
+    failed_digest: str | None = None  # this version failed: not retried until the file changes
+    retry_digest: str | None = None  # this version is retried (crash, unreachable index)...
+    retry_at: float | None = None  # ...at this time
+    attempts: int = 0  # consecutive crashes or transient failures, for the backoff
+
+    def backoff(self, *, base: float, cap: float) -> float:
+        return min(cap, base * 2 ** max(0, self.attempts - 1))
+
+
+@dataclass(frozen=True)
+class Prepare:
+    spec: LocationSpec
+
+
+@dataclass(frozen=True)
+class Remove:
+    name: str
+
+
+@dataclass(frozen=True)
+class Abandon:
+    name: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    error: SpecError
+
+
+Action = Prepare | Remove | Abandon | Reject
+
+
+def plan(
+    desired: Mapping[str, Desired],
+    actual: Mapping[str, Location],
+    now: float,
+    early: Mapping[str, Desired] | None = None,
+) -> list[Action]:
+    """What to do so that ``actual`` converges on ``desired``. Removals come first.
+
+    ``early`` holds files a local writer has finished that are not yet stable: they are
+    prepared ahead (the server starts while the stability window runs out), but an error in
+    one is not reported, since the file may still be half-written.
+    """
+    early = early or {}
+    names = set(desired) | set(early)
+    actions: list[Action] = [Remove(name) for name in sorted(actual) if name not in names]
+    for name in sorted(names):
+        want = early.get(name)
+        if want is None or isinstance(want, SpecError):
+            want = desired.get(name)
+        if want is None:
+            continue
+        loc = actual.get(name)
+        if loc is not None and want.digest == loc.failed_digest:
+            continue  # failed already: wait for the file to change
+        if isinstance(want, SpecError):
+            actions.append(Reject(want))
+            continue
+        if loc is None:
+            actions.append(Prepare(want))
+            continue
+        if loc.next is not None and loc.next.digest == want.digest:
+            continue  # on its way
+        if loc.retry_at is not None and loc.retry_digest == want.digest:
+            if now >= loc.retry_at:
+                actions.append(Prepare(want))  # a crash restart or a retry after backoff
+            continue
+        if loc.current is not None and loc.current.digest == want.digest:
+            if loc.next is not None:
+                actions.append(Abandon(name))  # an edit was reverted: drop the next one
+            continue
+        actions.append(Prepare(want))
+    return actions
