@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from runner import paths, process
+from runner import instance, paths, process
 from runner.cli import setup_logging
 from runner.workspace import ensure_exists
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
     ensure_exists(where.workspace)
+    instance.prepare(where.dagster_home)
 
     env = dict(os.environ)
     env["DAGSTER_HOME"] = str(where.dagster_home)

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from . import paths
+from . import instance, paths
 
 log = logging.getLogger("runner")
 
@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> None:
         keep_last_good=args.on_failure == "keep-last-good",
     )
     where.dagster_home.mkdir(parents=True, exist_ok=True)
+    instance.prepare(where.dagster_home)  # before any code server opens it
     supervisor = Supervisor(settings)
 
     def request_stop(signum: int, _frame: object) -> None:

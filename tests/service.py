@@ -147,7 +147,12 @@ class Service:
     def wait_loaded(self, name: str, timeout: float = 180) -> dict[str, Any]:
         def loaded() -> dict[str, Any] | None:
             entry = self.locations().get(name)
-            if entry and entry["loadStatus"] == "LOADED" and entry["locationOrLoadError"]:
+            loaded = (entry or {}).get("locationOrLoadError") or {}
+            if (
+                entry
+                and entry["loadStatus"] == "LOADED"
+                and loaded["__typename"] == "RepositoryLocation"
+            ):
                 return entry
             return None
 

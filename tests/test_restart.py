@@ -1,0 +1,107 @@
+"""Hard stops: SIGKILL of the runner or the entrypoint leaves nothing behind, and a restart on
+the same share brings every location back from the environments already built."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.service import Service, alive, drop, wait_for
+
+pytestmark = pytest.mark.slow
+
+GOOD = """# /// script
+# dependencies = ["dagster"]
+# ///
+import dagster as dg
+
+
+@dg.asset
+def a() -> int:
+    return 1
+
+
+defs = dg.Definitions(assets=[a])
+"""
+
+
+def child(service: Service, *words: str) -> psutil.Process:
+    for proc in psutil.Process(service.proc.pid).children():
+        if all(w in " ".join(proc.cmdline()) for w in words):
+            return proc
+    raise AssertionError(f"no child process with {words}")
+
+
+def test_show_error_mode_replaces_the_location_with_its_error(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    service = Service(tmp_path / "share", state_dir, log=tmp_path / "service.log",
+                      env={"RUNNER_ON_FAILURE": "show-error"})  # fmt: skip
+    try:
+        drop(service.code_dir / "good.py", GOOD)
+        service.wait_loaded("good")
+        pid = service.server_pids("good")[-1]
+        drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
+        service.wait_error("good", "SyntaxError")
+        assert "good~new-version-failed" not in service.locations()
+        wait_for("the last good server to retire", lambda: not alive(pid), timeout=60)
+    finally:
+        service.stop()
+    assert service.leftovers() == []
+
+
+def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    share = tmp_path / "share"
+    first = Service(share, state_dir, log=tmp_path / "first.log")
+    try:
+        for name in ("one", "two", "three"):
+            drop(first.code_dir / f"{name}.py", GOOD)
+        for name in ("one", "two", "three"):
+            first.wait_loaded(name)
+        servers = [first.server_pids(name)[-1] for name in ("one", "two", "three")]
+        first.descendants()
+
+        child(first, "runner", "serve").kill()  # SIGKILL: no cleanup code runs
+
+        wait_for("the code servers to die with the runner",
+                 lambda: not any(alive(pid) for pid in servers), timeout=30)  # fmt: skip
+        first.proc.wait(timeout=30)  # the entrypoint stops the other roles and exits
+        assert first.proc.returncode == 1
+        assert first.leftovers() == []
+    finally:
+        if first.proc.poll() is None:
+            first.kill()
+
+    second = Service(share, state_dir, log=tmp_path / "second.log")
+    try:
+        started = time.monotonic()
+        for name in ("one", "two", "three"):
+            second.wait_loaded(name)
+        took = time.monotonic() - started
+        print(f"restart: 3 locations LOADED {took:.1f}s after the entrypoint started")
+        assert "building env" not in second.log_text()  # environments were reused
+        assert not set(servers) & set(second.server_pids("one"))  # no stale server
+    finally:
+        second.stop()
+    assert second.leftovers() == []
+
+
+def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Path) -> None:
+    service = Service(tmp_path / "share", state_dir, log=tmp_path / "service.log")
+    try:
+        drop(service.code_dir / "one.py", GOOD)
+        service.wait_loaded("one")
+        service.descendants()
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(timeout=10)
+        wait_for("every process to die with the entrypoint",
+                 lambda: service.leftovers() == [], timeout=30)  # fmt: skip
+    finally:
+        if service.leftovers():
+            service.kill()
