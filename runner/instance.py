@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def open_instance(home: Path) -> Iterator[DagsterInstance]:
+    """The instance configured in ``home`` (its dagster.yaml), as ``DAGSTER_HOME`` would."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def prepare(home: Path) -> None:
@@ -17,18 +31,8 @@ def prepare(home: Path) -> None:
     the instance too) would otherwise create the databases at the same moment, and
     concurrent schema stamping can leave the storage unusable ("more than one head").
     """
-    from dagster import DagsterInstance
-
     started = time.monotonic()
-    previous = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with DagsterInstance.get() as instance:
-            instance.get_runs(limit=1)
-            log.info("instance ready in %s (%s, %.1fs)", home,
-                     type(instance.run_storage).__name__, time.monotonic() - started)  # fmt: skip
-    finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = previous
+    with open_instance(home) as instance:
+        instance.get_runs(limit=1)
+        log.info("instance ready in %s (%s, %.1fs)", home,
+                 type(instance.run_storage).__name__, time.monotonic() - started)  # fmt: skip

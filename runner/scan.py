@@ -97,6 +97,8 @@ class Scanner:
         self.stable_for = stable_for
         self._seen: dict[str, _Seen] = {}
         self._written: dict[str, tuple[int, int]] = {}  # relpath -> signature when complete
+        self._changed = True  # something was admitted or removed since the last scan
+        self._desired: dict[str, Desired] = {}  # the last scan's desired set
 
     def mark_written(self, path: str) -> None:
         """A local writer closed ``path`` (or renamed it into place): it is complete as is."""
@@ -108,6 +110,7 @@ class Scanner:
         self._written[relpath] = (st.st_size, st.st_mtime_ns)
 
     def scan(self, now: float) -> ScanResult:
+        """Look at every file; the cost of a scan where nothing changed is one stat each."""
         result = ScanResult(desired={})
         present: set[str] = set()
         for relpath, st in _walk(self.root):
@@ -129,13 +132,16 @@ class Scanner:
                         seen.early = self._read(relpath)
                     if seen.early is not None:
                         result.early[seen.early.name] = seen.early
-            if seen.result is not None:
-                result.desired[seen.result.name] = seen.result
         for gone in set(self._seen) - present:
             del self._seen[gone]
+            self._changed = True
         self._written.clear()  # a hint is good for the scan that follows it only
-        result.desired = self._with_helpers(result.desired)
-        result.early = self._with_helpers(result.early)
+        if self._changed:
+            stable = {s.result.name: s.result for s in self._seen.values() if s.result is not None}
+            self._desired = self._with_helpers(stable)
+            self._changed = False
+        result.desired = dict(self._desired)
+        result.early = self._with_helpers(result.early) if result.early else {}
         return result
 
     def _with_helpers(self, specs: dict[str, Desired]) -> dict[str, Desired]:
@@ -164,6 +170,7 @@ class Scanner:
             return
         seen.result = classify(relpath, self.root / relpath, data)
         seen.admitted, seen.early, seen.digest = seen.signature, None, script.digest_bytes(data)
+        self._changed = True
 
     def _read(self, relpath: str) -> Desired | None:
         try:

@@ -15,11 +15,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster._grpc.__generated__ import dagster_api_pb2
 from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import GetCurrentRunsResult
 from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
@@ -102,15 +104,33 @@ class CodeServer:
             ) from None
         return load_error(reply.serialized_list_repositories_response_or_error)
 
-    def stop(self, *, grace: float) -> None:
-        """ShutdownServer (in-flight runs finish), then the stop ladder."""
+    def stop(self, *, grace: float, terminate: Callable[[str], object] | None = None) -> None:
+        """ShutdownServer (in-flight runs finish), then the stop ladder.
+
+        With ``terminate`` (the run launcher's), runs in flight are first terminated the way
+        the UI's Terminate button does it, so that they end CANCELED in the run history
+        rather than being killed mid-step.
+        """
         client = self.client()
+        if terminate is not None and self.proc.poll() is None:
+            self._terminate_runs(client, terminate)
         process.stop(
             self.proc,
             name=f"code server {self.location}",
             graceful=lambda: client.shutdown_server(timeout=5),
             grace=grace,
         )
+
+    def _terminate_runs(
+        self, client: DagsterGrpcClient, terminate: Callable[[str], object]
+    ) -> None:
+        try:
+            current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult)
+            for run_id in current.current_runs:
+                log.info("%s: terminating run %s (the service is stopping)", self.location, run_id)
+                terminate(run_id)
+        except Exception as exc:  # noqa: BLE001 - the stop ladder still follows
+            log.warning("%s: could not terminate its runs: %s", self.location, exc)
 
 
 def load_error(serialized: str) -> SerializableErrorInfo | None:

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from dagster._utils.error import SerializableErrorInfo
 from . import env as envs
 from . import server as servers
 from .errors import ErrorServer, error_info, summarize
+from .instance import open_instance
 from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
 from .process import describe_exit
 from .publish import Publisher
@@ -504,13 +506,30 @@ class Supervisor:
                 live.append(loc.error_server)
         log.info("stopping %d server(s)", len(live))
         grace = self.settings.shutdown_grace
-        threads = [
-            threading.Thread(target=s.stop, kwargs={"grace": grace}, daemon=True) for s in live
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=grace + 10)
+        with ExitStack() as stack:
+            terminate = None
+            if any(isinstance(s, servers.CodeServer) for s in live):
+                try:
+                    home = self.settings.workspace_path.parent
+                    terminate = stack.enter_context(open_instance(home)).run_launcher.terminate
+                except Exception as exc:  # noqa: BLE001 - stop the servers all the same
+                    log.warning("cannot open the instance to terminate runs: %s", exc)
+            threads = [
+                threading.Thread(target=_stop_now, args=(s, grace, terminate), daemon=True)
+                for s in live
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=grace + 10)
         self.store.cancel_builds()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
         self._build_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _stop_now(server: Served, grace: float, terminate: Callable[[str], object] | None) -> None:
+    """On shutdown: in-flight runs are terminated (recorded as CANCELED), then the server stops."""
+    if isinstance(server, servers.CodeServer):
+        server.stop(grace=grace, terminate=terminate)
+    else:
+        server.stop(grace=grace)

@@ -105,3 +105,46 @@ def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Pat
     finally:
         if service.leftovers():
             service.kill()
+
+
+SLOW = """# /// script
+# dependencies = ["dagster"]
+# ///
+import time
+
+import dagster as dg
+
+
+@dg.asset
+def slow() -> int:
+    time.sleep(600)
+    return 1
+
+
+defs = dg.Definitions(assets=[slow])
+"""
+
+
+def test_runs_in_flight_when_the_service_stops_are_recorded_as_canceled(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    share = tmp_path / "share"
+    first = Service(share, state_dir, log=tmp_path / "first.log")
+    try:
+        drop(first.code_dir / "slow.py", SLOW)
+        first.wait_loaded("slow")
+        run_id = first.materialize_all("slow")
+        wait_for("the run to start", lambda: first.run_status(run_id) == "STARTED", timeout=120)
+        took = first.stop(signal.SIGTERM)
+        assert took < 15, f"stopping took {took:.1f}s"
+        assert first.leftovers() == []
+    finally:
+        if first.proc.poll() is None:
+            first.kill()
+
+    second = Service(share, state_dir, log=tmp_path / "second.log")
+    try:
+        wait_for("the webserver", lambda: second.locations() is not None, timeout=120)
+        assert second.run_status(run_id) == "CANCELED"
+    finally:
+        second.stop()

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmarks (they drive the real service, like the tests)."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
+
+from runner import process  # noqa: E402
+from runner.server import free_port  # noqa: E402
+
+
+def script(assets: list[str], *, extra_meta: str = "") -> str:
+    body = "\n".join(f"@dg.asset\ndef {a}() -> int:\n    return 1\n\n" for a in assets)
+    return (
+        f'# /// script\n# dependencies = ["dagster"]\n{extra_meta}# ///\n'
+        f"import dagster as dg\n\n{body}\ndefs = dg.Definitions(assets=[{', '.join(assets)}])\n"
+    )
+
+
+def bare_start(python: Path, file: Path) -> float:
+    """Seconds from spawning a bare ``dagster api grpc`` to its first answered ping."""
+    port = free_port("127.0.0.1")
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    started = time.perf_counter()
+    proc = process.spawn(
+        [str(python), "-m", "dagster", "api", "grpc", "--python-file", str(file),
+         "--working-directory", str(file.parent), "--host", "127.0.0.1", "--port", str(port),
+         "--lazy-load-user-code"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                client.ping("x")
+                return time.perf_counter() - started
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.02)
+    finally:
+        process.stop(proc, name="bare server", grace=10)
+
+
+def row(label: str, values: list[float], unit: str = "s") -> str:
+    return (
+        f"  {label:<48}{statistics.median(values):>8.2f}{unit}{min(values):>8.2f}{unit}"
+        f"{max(values):>8.2f}{unit}"
+    )
+
+
+def header(title: str) -> str:
+    return f"{title}\n  {'':<48}{'median':>9}{'min':>9}{'max':>9}"
