@@ -160,9 +160,7 @@ class Supervisor:
         """Reconcile until :meth:`stop`; then stop every server we started."""
         self.settings.code_dir.mkdir(parents=True, exist_ok=True)
         self.publisher.start()
-        log.info(
-            "watching %s (rescan every %.0fs)", self.settings.code_dir, self.settings.rescan_every
-        )
+        log.info("full rescan every %.0fs", self.settings.rescan_every)
         try:
             next_scan = 0.0
             due: float | None = None

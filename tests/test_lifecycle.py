@@ -233,3 +233,16 @@ def test_a_crash_loop_backs_off(service: Service) -> None:
 def test_the_code_folder_is_never_written_to(service: Service) -> None:
     names = sorted(p.relative_to(service.code_dir).as_posix() for p in service.code_dir.rglob("*"))
     assert not [n for n in names if "__pycache__" in n or n.endswith((".lock", ".pyc"))], names
+
+
+def test_editing_a_helper_module_reloads_the_locations_beside_it(service: Service) -> None:
+    folder = service.code_dir / "team"
+    drop(folder / "helpers.py", "VALUE = 1\n")
+    drop(folder / "job.py", script("from helpers import VALUE\n\n" + assets("uses_helper")))
+    service.wait_loaded("team.job")
+    before = service.server_pids("team.job")
+    other = service.server_pids("swap")
+
+    drop(folder / "helpers.py", "VALUE = 2\n")
+    wait_for("a reload", lambda: len(service.server_pids("team.job")) > len(before), timeout=60)
+    assert service.server_pids("swap") == other  # locations elsewhere are left alone
