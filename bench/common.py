@@ -41,7 +41,7 @@ def bare_start(python: Path, file: Path) -> float:
             try:
                 client.ping("x")
                 return time.perf_counter() - started
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 time.sleep(0.02)
     finally:
         process.stop(proc, name="bare server", grace=10)

@@ -76,7 +76,8 @@ def main() -> None:
     print(row("daemon: workspace.yaml written -> daemon reloaded", daemon))
     print("  (stock dagster-daemon: up to 60 s, RELOAD_WORKSPACE_INTERVAL)")
     print(
-        f"runner over a bare server start: {statistics.median(times) / statistics.median(bare) - 1:+.0%}"
+        "runner over a bare server start: "
+        f"{statistics.median(times) / statistics.median(bare) - 1:+.0%}"
     )
 
 

@@ -197,7 +197,8 @@ def _uv_env() -> dict[str, str]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NETWORK = re.compile(
     r"Failed to fetch|error sending request|dns error|tcp connect error|Connection refused"
-    r"|connection reset|operation timed out|Request failed after \d+ retries|network is unreachable",
+    r"|connection reset|operation timed out|Request failed after \d+ retries"
+    r"|network is unreachable",
     re.IGNORECASE,
 )
 

@@ -104,7 +104,7 @@ def stop(
         try:
             graceful()
             requested = True
-        except Exception as exc:  # noqa: BLE001 - any failure means: fall back to SIGTERM
+        except Exception as exc:
             log.debug(
                 "%s (pid %d): graceful stop failed (%s), sending SIGTERM", name, proc.pid, exc
             )

@@ -79,7 +79,7 @@ class CodeServer:
             try:
                 if client.get_server_id(timeout=2) == self.server_id:
                     break
-            except Exception:  # noqa: BLE001, S110 - not listening yet
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise StartError(
@@ -95,7 +95,7 @@ class CodeServer:
             reply = client._query(
                 "ListRepositories", dagster_api_pb2.ListRepositoriesRequest, timeout=int(remaining)
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StartError(
                 f"loading the file did not finish within {timeout:.0f}s: does importing it hang, "
                 "or take longer than the start timeout (RUNNER_START_TIMEOUT)?"
@@ -129,7 +129,7 @@ class CodeServer:
             for run_id in current.current_runs:
                 log.info("%s: terminating run %s (the service is stopping)", self.location, run_id)
                 terminate(run_id)
-        except Exception as exc:  # noqa: BLE001 - the stop ladder still follows
+        except Exception as exc:
             log.warning("%s: could not terminate its runs: %s", self.location, exc)
 
 

@@ -302,7 +302,7 @@ class Supervisor:
             load_error = server.wait_ready(timeout=self.settings.start_timeout)
         except servers.StartError as exc:
             self.inbox.put(_ServerDone(name, gen, None, str(exc)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.inbox.put(_ServerDone(name, gen, None, f"unexpected error: {exc}"))
         else:
             self.inbox.put(_ServerDone(name, gen, load_error, None))
@@ -510,7 +510,7 @@ class Supervisor:
                 try:
                     home = self.settings.workspace_path.parent
                     terminate = stack.enter_context(open_instance(home)).run_launcher.terminate
-                except Exception as exc:  # noqa: BLE001 - stop the servers all the same
+                except Exception as exc:
                     log.warning("cannot open the instance to terminate runs: %s", exc)
             threads = [
                 threading.Thread(target=_stop_now, args=(s, grace, terminate), daemon=True)

@@ -48,7 +48,7 @@ def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: 
     while time.monotonic() < deadline:
         try:
             value = check()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+        except Exception as exc:
             last_error = exc
         else:
             if value:
@@ -81,7 +81,7 @@ class Service:
         env["UV_PYTHON_DOWNLOADS"] = "never"
         env.update(extra_env or {})
         self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
              "--port", str(self.port)],
@@ -174,10 +174,13 @@ class Service:
         """Launch a run of every asset of ``location``, as the UI's Materialize all does."""
         keys = [{"path": k.split("/")} for k in self.asset_keys(location)]
         data = self.graphql(
-            """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
-                 __typename ... on LaunchRunSuccess { run { runId } }
-                 ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
-                 ... on InvalidSubsetError { message } ... on PipelineNotFoundError { message } } }""",
+            """mutation($params: ExecutionParams!) {
+                 launchPipelineExecution(executionParams: $params) {
+                   __typename ... on LaunchRunSuccess { run { runId } }
+                   ... on PythonError { message }
+                   ... on RunConfigValidationInvalid { errors { message } }
+                   ... on InvalidSubsetError { message } ... on PipelineNotFoundError { message }
+            } }""",
             {
                 "params": {
                     "selector": {
