@@ -74,7 +74,7 @@ def write_ack(workspace: Path, digest: str | None) -> None:
     write_if_changed(ack_path(workspace), json.dumps(ack) + "\n")
 
 
-def run(workspace: Path, *, check_every: float = 0.2) -> None:
+def run(workspace: Path, *, check_every: float = 0.05) -> None:
     """Run all daemons configured on the instance (``DAGSTER_HOME``) until interrupted."""
     write_ack(workspace, None)  # first: the runner waits for a daemon that is starting
     from dagster import DagsterInstance
@@ -94,7 +94,7 @@ def run(workspace: Path, *, check_every: float = 0.2) -> None:
             ) as controller:
                 context = controller._workspace_process_context
                 write_ack(workspace, loaded)
-                log.info("following %s (reloading within a second of each change)", workspace)
+                log.info("following %s (reloading within 0.05 s of each change)", workspace)
                 last_refresh = last_beat = last_health = last_threads = time.monotonic()
                 while True:
                     with raise_interrupts_as(KeyboardInterrupt):

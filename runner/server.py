@@ -86,7 +86,7 @@ class CodeServer:
                     f"the code server did not answer within {timeout:.0f}s: does importing the "
                     "file hang, or take longer than the start timeout (RUNNER_START_TIMEOUT)?"
                 )
-            time.sleep(0.1)
+            time.sleep(0.05)
         # Lazy loading imports the file on the first ListRepositories: do it now, so the
         # webserver and the daemon find it loaded, and so we know whether it loaded.
         remaining = max(1.0, deadline - time.monotonic())
