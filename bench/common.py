@@ -6,7 +6,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -25,8 +28,15 @@ def script(assets: list[str], *, extra_meta: str = "") -> str:
     )
 
 
-def bare_start(python: Path, file: Path) -> float:
-    """Seconds from spawning a bare ``dagster api grpc`` to its first answered ping."""
+@dataclass(frozen=True)
+class BareStart:
+    ping: float  # seconds from spawn to the first answered ping
+    loaded: float  # seconds from spawn to the file loaded (ListRepositories answered)
+    rss: int  # bytes, after loading
+
+
+def bare_start(python: Path, file: Path) -> BareStart:
+    """Start a bare ``dagster api grpc`` for ``file`` (the hand-made way) and time it."""
     port = free_port("127.0.0.1")
     client = DagsterGrpcClient(port=port, host="127.0.0.1")
     started = time.perf_counter()
@@ -40,9 +50,13 @@ def bare_start(python: Path, file: Path) -> float:
         while True:
             try:
                 client.ping("x")
-                return time.perf_counter() - started
+                break
             except Exception:
                 time.sleep(0.02)
+        pinged = time.perf_counter() - started
+        client.list_repositories()
+        loaded = time.perf_counter() - started
+        return BareStart(pinged, loaded, psutil.Process(proc.pid).memory_info().rss)
     finally:
         process.stop(proc, name="bare server", grace=10)
 

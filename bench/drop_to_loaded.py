@@ -17,20 +17,13 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from common import bare_start
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dagster._grpc.client import DagsterGrpcClient
-
-from runner import process
-from runner.server import free_port
 from tests.service import Service, wait_for
 
 SCRIPT = """# /// script
@@ -68,33 +61,6 @@ def time_to_loaded(service: Service, path: Path, text: str) -> float:
     return time.perf_counter() - dropped
 
 
-def bare_server(python: Path, file: Path) -> tuple[float, float, int]:
-    """Seconds to answer a ping, seconds to have loaded the file, RSS after loading."""
-    port = free_port("127.0.0.1")
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
-    started = time.perf_counter()
-    proc = process.spawn(
-        [str(python), "-m", "dagster", "api", "grpc", "--python-file", str(file),
-         "--working-directory", str(file.parent), "--host", "127.0.0.1", "--port", str(port),
-         "--lazy-load-user-code"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        while True:
-            try:
-                client.ping("x")
-                break
-            except Exception:
-                time.sleep(0.02)
-        pinged = time.perf_counter() - started
-        client.list_repositories()
-        loaded = time.perf_counter() - started
-        rss = psutil.Process(proc.pid).memory_info().rss
-    finally:
-        process.stop(proc, name="bare server", grace=10)
-    return pinged, loaded, rss
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5, help="files per case (default 5)")
@@ -125,21 +91,21 @@ def main() -> None:
             server = psutil.Process(pid)
             location_rss = server.memory_info().rss
             python = Path(server.cmdline()[0])
-            bare = [bare_server(python, code / "same_0.py") for _ in range(args.files)]
+            bare = [bare_start(python, code / "same_0.py") for _ in range(args.files)]
         finally:
             service.stop()
 
-    ping = statistics.median(b[0] for b in bare)
-    load = statistics.median(b[1] for b in bare)
-    bare_rss = statistics.median(b[2] for b in bare)
+    ping = statistics.median(b.ping for b in bare)
+    load = statistics.median(b.loaded for b in bare)
+    bare_rss = statistics.median(b.rss for b in bare)
     mib = 1024 * 1024
     print(f"drop to LOADED, {args.files} files per case (first file, cold env: {warm:.2f}s)")
     print(f"  {'case':<44}{'median':>8}{'min':>8}{'max':>8}")
     rows = [
         ("runner, same env (env already built)", same),
         ("runner, new env (built from warm uv cache)", new),
-        ("bare dagster api grpc: spawn -> ping", [b[0] for b in bare]),
-        ("bare dagster api grpc: spawn -> file loaded", [b[1] for b in bare]),
+        ("bare dagster api grpc: spawn -> ping", [b.ping for b in bare]),
+        ("bare dagster api grpc: spawn -> file loaded", [b.loaded for b in bare]),
     ]
     for label, values in rows:
         print(

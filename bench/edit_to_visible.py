@@ -62,7 +62,7 @@ def main() -> None:
             poller.join()
             pid = service.server_pids("edited")[-1]
             python = Path(psutil.Process(pid).cmdline()[0])
-            bare = [bare_start(python, path) for _ in range(5)]
+            bare = [bare_start(python, path).ping for _ in range(5)]
             log = service.log_text()
         finally:
             service.stop()

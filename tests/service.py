@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,3 +255,17 @@ class Service:
             except psutil.NoSuchProcess:
                 pass
         return alive
+
+
+@contextmanager
+def running(share: Path, state_dir: Path, log: Path, env: dict[str, str] | None = None
+            ) -> Iterator[Service]:  # fmt: skip
+    """A service for the ``with`` block; whatever it started is gone after it."""
+    service = Service(share, state_dir, log=log, env=env)
+    try:
+        yield service
+    finally:
+        if service.proc.poll() is None:
+            service.stop()
+        if service.leftovers():
+            service.kill()

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.service import Service, alive, drop, wait_for
+from tests.service import Service, alive, drop, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,85 +27,6 @@ def a() -> int:
 
 defs = dg.Definitions(assets=[a])
 """
-
-
-def child(service: Service, *words: str) -> psutil.Process:
-    for proc in psutil.Process(service.proc.pid).children():
-        if all(w in " ".join(proc.cmdline()) for w in words):
-            return proc
-    raise AssertionError(f"no child process with {words}")
-
-
-def test_show_error_mode_replaces_the_location_with_its_error(
-    tmp_path: Path, state_dir: Path
-) -> None:
-    service = Service(tmp_path / "share", state_dir, log=tmp_path / "service.log",
-                      env={"RUNNER_ON_FAILURE": "show-error"})  # fmt: skip
-    try:
-        drop(service.code_dir / "good.py", GOOD)
-        service.wait_loaded("good")
-        pid = service.server_pids("good")[-1]
-        drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
-        service.wait_error("good", "SyntaxError")
-        assert "good~new-version-failed" not in service.locations()
-        wait_for("the last good server to retire", lambda: not alive(pid), timeout=60)
-    finally:
-        service.stop()
-    assert service.leftovers() == []
-
-
-def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
-    tmp_path: Path, state_dir: Path
-) -> None:
-    share = tmp_path / "share"
-    first = Service(share, state_dir, log=tmp_path / "first.log")
-    try:
-        for name in ("one", "two", "three"):
-            drop(first.code_dir / f"{name}.py", GOOD)
-        for name in ("one", "two", "three"):
-            first.wait_loaded(name)
-        servers = [first.server_pids(name)[-1] for name in ("one", "two", "three")]
-        first.descendants()
-
-        child(first, "runner", "serve").kill()  # SIGKILL: no cleanup code runs
-
-        wait_for("the code servers to die with the runner",
-                 lambda: not any(alive(pid) for pid in servers), timeout=30)  # fmt: skip
-        first.proc.wait(timeout=30)  # the entrypoint stops the other roles and exits
-        assert first.proc.returncode == 1
-        assert first.leftovers() == []
-    finally:
-        if first.proc.poll() is None:
-            first.kill()
-
-    second = Service(share, state_dir, log=tmp_path / "second.log")
-    try:
-        started = time.monotonic()
-        for name in ("one", "two", "three"):
-            second.wait_loaded(name)
-        took = time.monotonic() - started
-        print(f"restart: 3 locations LOADED {took:.1f}s after the entrypoint started")
-        assert "building env" not in second.log_text()  # environments were reused
-        assert not set(servers) & set(second.server_pids("one"))  # no stale server
-    finally:
-        second.stop()
-    assert second.leftovers() == []
-
-
-def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Path) -> None:
-    service = Service(tmp_path / "share", state_dir, log=tmp_path / "service.log")
-    try:
-        drop(service.code_dir / "one.py", GOOD)
-        service.wait_loaded("one")
-        service.descendants()
-        service.proc.send_signal(signal.SIGKILL)
-        service.proc.wait(timeout=10)
-        wait_for("every process to die with the entrypoint",
-                 lambda: service.leftovers() == [], timeout=30)  # fmt: skip
-    finally:
-        if service.leftovers():
-            service.kill()
-
 
 SLOW = """# /// script
 # dependencies = ["dagster"]
@@ -125,12 +46,74 @@ defs = dg.Definitions(assets=[slow])
 """
 
 
+def child(service: Service, *words: str) -> psutil.Process:
+    for proc in psutil.Process(service.proc.pid).children():
+        if all(w in " ".join(proc.cmdline()) for w in words):
+            return proc
+    raise AssertionError(f"no child process with {words}")
+
+
+def test_show_error_mode_replaces_the_location_with_its_error(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    env = {"RUNNER_ON_FAILURE": "show-error"}
+    with running(tmp_path / "share", state_dir, tmp_path / "service.log", env) as service:
+        drop(service.code_dir / "good.py", GOOD)
+        service.wait_loaded("good")
+        pid = service.server_pids("good")[-1]
+        drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
+        service.wait_error("good", "SyntaxError")
+        assert "good~new-version-failed" not in service.locations()
+        wait_for("the last good server to retire", lambda: not alive(pid), timeout=60)
+    assert service.leftovers() == []
+
+
+def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    share, names = tmp_path / "share", ("one", "two", "three")
+    with running(share, state_dir, tmp_path / "first.log") as first:
+        for name in names:
+            drop(first.code_dir / f"{name}.py", GOOD)
+        for name in names:
+            first.wait_loaded(name)
+        servers = [first.server_pids(name)[-1] for name in names]
+        first.descendants()
+
+        child(first, "runner", "serve").kill()  # SIGKILL: no cleanup code runs
+
+        wait_for("the code servers to die with the runner",
+                 lambda: not any(alive(pid) for pid in servers), timeout=30)  # fmt: skip
+        first.proc.wait(timeout=30)  # the entrypoint stops the other roles and exits
+        assert first.proc.returncode == 1
+        assert first.leftovers() == []
+
+    with running(share, state_dir, tmp_path / "second.log") as second:
+        started = time.monotonic()
+        for name in names:
+            second.wait_loaded(name)
+        print(f"restart: 3 locations LOADED {time.monotonic() - started:.1f}s after the start")
+        assert "building env" not in second.log_text()  # environments were reused
+        assert not set(servers) & set(second.server_pids("one"))  # no stale server
+    assert second.leftovers() == []
+
+
+def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Path) -> None:
+    with running(tmp_path / "share", state_dir, tmp_path / "service.log") as service:
+        drop(service.code_dir / "one.py", GOOD)
+        service.wait_loaded("one")
+        service.descendants()
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(timeout=10)
+        wait_for("every process to die with the entrypoint",
+                 lambda: service.leftovers() == [], timeout=30)  # fmt: skip
+
+
 def test_runs_in_flight_when_the_service_stops_are_recorded_as_canceled(
     tmp_path: Path, state_dir: Path
 ) -> None:
     share = tmp_path / "share"
-    first = Service(share, state_dir, log=tmp_path / "first.log")
-    try:
+    with running(share, state_dir, tmp_path / "first.log") as first:
         drop(first.code_dir / "slow.py", SLOW)
         first.wait_loaded("slow")
         run_id = first.materialize_all("slow")
@@ -138,13 +121,7 @@ def test_runs_in_flight_when_the_service_stops_are_recorded_as_canceled(
         took = first.stop(signal.SIGTERM)
         assert took < 15, f"stopping took {took:.1f}s"
         assert first.leftovers() == []
-    finally:
-        if first.proc.poll() is None:
-            first.kill()
 
-    second = Service(share, state_dir, log=tmp_path / "second.log")
-    try:
+    with running(share, state_dir, tmp_path / "second.log") as second:
         wait_for("the webserver", lambda: second.locations() is not None, timeout=120)
         assert second.run_status(run_id) == "CANCELED"
-    finally:
-        second.stop()
