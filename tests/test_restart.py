@@ -53,13 +53,13 @@ def child(service: Service, *words: str) -> psutil.Process:
     raise AssertionError(f"no child process with {words}")
 
 
-def test_show_error_mode_replaces_the_location_with_its_error(
-    tmp_path: Path, state_dir: Path
-) -> None:
-    env = {"RUNNER_ON_FAILURE": "show-error"}
+def test_show_error_mode_and_polling_mode(tmp_path: Path, state_dir: Path) -> None:
+    """Failures in place of the location; and rescans alone (as on SMB/NFS) find every change."""
+    env = {"RUNNER_ON_FAILURE": "show-error", "RUNNER_WATCH": "poll"}
     with running(tmp_path / "share", state_dir, tmp_path / "service.log", env) as service:
         drop(service.code_dir / "good.py", GOOD)
         service.wait_loaded("good")
+        assert "with rescans only" in service.log_text()
         pid = service.server_pids("good")[-1]
         drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
         service.wait_error("good", "SyntaxError")
