@@ -51,7 +51,7 @@ def bare_start(python: Path, file: Path) -> BareStart:
             try:
                 client.ping("x")
                 break
-            except Exception:
+            except Exception:  # not up yet
                 time.sleep(0.02)
         pinged = time.perf_counter() - started
         client.list_repositories()

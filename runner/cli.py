@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> None:
         state_dir=paths.state_dir(),
         webserver_url=args.webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None,
         host=args.host,
+        advertise_host=args.advertise_host,
         rescan_every=args.rescan_every,
         stable_for=args.stable_for,
         start_timeout=args.start_timeout,
@@ -88,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--host",
         default=os.environ.get("RUNNER_SERVER_HOST", "127.0.0.1"),
-        help="address code servers listen on (default 127.0.0.1)",
+        help="address code servers listen on (env RUNNER_SERVER_HOST, 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--advertise-host",
+        default=os.environ.get("RUNNER_ADVERTISE_HOST") or None,
+        help="address written into workspace.yaml for the webserver and daemon to reach the "
+        "code servers, when they run elsewhere (env RUNNER_ADVERTISE_HOST; default: --host)",
     )
     serve.add_argument(
         "--rescan-every",

@@ -92,12 +92,14 @@ def plan(
     actual: Mapping[str, Location],
     now: float,
     early: Mapping[str, Desired] | None = None,
+    reserved: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """What to do so that ``actual`` converges on ``desired``. Removals come first.
 
     ``early`` holds files a local writer has finished that are not yet stable: they are
     prepared ahead (the server starts while the stability window runs out), but an error in
-    one is not reported, since the file may still be half-written.
+    one is not reported, since the file may still be half-written. ``reserved`` names are
+    taken by the user's static workspace: a file that would get one is rejected.
     """
     early = early or {}
     names = set(desired) | set(early)
@@ -111,6 +113,9 @@ def plan(
         loc = actual.get(name)
         if loc is not None and want.digest == loc.failed_digest:
             continue  # failed already: wait for the file to change
+        if name in reserved:
+            actions.append(Reject(collision(want)))
+            continue
         if isinstance(want, SpecError):
             actions.append(Reject(want))
             continue
@@ -129,3 +134,13 @@ def plan(
             continue
         actions.append(Prepare(want))
     return actions
+
+
+def collision(want: Desired) -> SpecError:
+    from .workspace import STATIC_NAME
+
+    return SpecError(
+        want.name, want.relpath, want.path, want.digest,
+        f"the location name {want.name!r} is already used in {STATIC_NAME}; "
+        "rename the file or that location",
+    )  # fmt: skip

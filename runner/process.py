@@ -104,7 +104,7 @@ def stop(
         try:
             graceful()
             requested = True
-        except Exception as exc:
+        except Exception as exc:  # any failure means: fall back to SIGTERM
             log.debug(
                 "%s (pid %d): graceful stop failed (%s), sending SIGTERM", name, proc.pid, exc
             )

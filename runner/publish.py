@@ -32,7 +32,7 @@ class Publisher:
         self.daemon_timeout = daemon_timeout
         self.on_published = on_published
         self._cond = threading.Condition()
-        self._wanted: tuple[int, list[workspace.Entry]] | None = None
+        self._wanted: tuple[int, list[workspace.Entry], workspace.Static] | None = None
         self._version = 0
         self.published = 0
         self._stopping = False
@@ -48,11 +48,11 @@ class Publisher:
             self._cond.notify_all()
         self._thread.join(timeout=5)
 
-    def submit(self, entries: list[workspace.Entry]) -> int:
+    def submit(self, entries: list[workspace.Entry], static: workspace.Static | None = None) -> int:
         """Ask for ``entries`` to be published; return the version number it will carry."""
         with self._cond:
             self._version += 1
-            self._wanted = (self._version, sorted(entries))
+            self._wanted = (self._version, sorted(entries), static or workspace.Static())
             self._cond.notify_all()
             return self._version
 
@@ -67,13 +67,15 @@ class Publisher:
                     self._cond.wait()
                 if self._stopping:
                     return
-                version, entries = self._wanted
+                version, entries, static = self._wanted
                 self._wanted = None
-            self._publish(version, entries)
+            self._publish(version, entries, static)
 
-    def _publish(self, version: int, entries: list[workspace.Entry]) -> None:
+    def _publish(
+        self, version: int, entries: list[workspace.Entry], static: workspace.Static
+    ) -> None:
         started = time.monotonic()
-        text = workspace.render(entries)
+        text = workspace.render(entries, static)
         workspace.write_if_changed(self.path, text)
         digest = daemon.file_digest(self.path)
         if not self._wait_for_daemon(digest, version):
@@ -85,7 +87,7 @@ class Publisher:
         log.info(
             "workspace v%d published: %d location(s); daemon %.2fs, webserver %.2fs",
             version,
-            len(entries),
+            len(entries) + len(static.names),
             daemon_done - started,
             time.monotonic() - daemon_done,
         )

@@ -34,6 +34,11 @@ class StartError(Exception):
     """The server did not come up; the message says why."""
 
 
+def local_address(bind_host: str) -> str:
+    """Where this machine reaches a server bound to ``bind_host`` (a wildcard: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind_host, bind_host)
+
+
 def free_port(host: str) -> int:
     """A port nothing listens on right now (the kernel's choice, not a counter)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -59,7 +64,7 @@ class CodeServer:
         return self.proc.pid
 
     def client(self) -> DagsterGrpcClient:
-        return DagsterGrpcClient(port=self.port, host=self.host)
+        return DagsterGrpcClient(port=self.port, host=local_address(self.host))
 
     def exited(self) -> int | None:
         return self.proc.poll()
@@ -79,7 +84,7 @@ class CodeServer:
             try:
                 if client.get_server_id(timeout=2) == self.server_id:
                     break
-            except Exception:
+            except Exception:  # not listening yet
                 pass
             if time.monotonic() > deadline:
                 raise StartError(
@@ -129,7 +134,7 @@ class CodeServer:
             for run_id in current.current_runs:
                 log.info("%s: terminating run %s (the service is stopping)", self.location, run_id)
                 terminate(run_id)
-        except Exception as exc:
+        except Exception as exc:  # the stop ladder still follows
             log.warning("%s: could not terminate its runs: %s", self.location, exc)
 
 

@@ -35,13 +35,16 @@ from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove
 from .process import describe_exit
 from .publish import Publisher
 from .scan import Desired, LocationSpec, Scanner
-from .workspace import Entry
+from .workspace import STATIC_NAME, Entry, Static, StaticSource
 
 log = logging.getLogger(__name__)
 
 #: Suffix of the extra entry that shows a failed new version while the last good one serves.
 #: "~" never occurs in a location name, so it cannot collide with a file's location.
 FAILED_SUFFIX = "~new-version-failed"
+#: Suffix of the entry that explains why a file whose name the static workspace uses is
+#: not served.
+COLLISION_SUFFIX = "~name-collision"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,10 @@ class Settings:
     workspace_path: Path
     state_dir: Path
     webserver_url: str | None
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the address code servers bind to
+    #: The address written into workspace.yaml, for a webserver or daemon on another host
+    #: or container to reach the servers (default: ``host``).
+    advertise_host: str | None = None
     rescan_every: float = 2.0
     stable_for: float = 1.0
     start_timeout: float = 180.0
@@ -120,6 +126,7 @@ class Supervisor:
         self.clock = clock
         self.store = store or envs.EnvStore(settings.state_dir / "envs")
         self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for)
+        self.static = StaticSource(settings.workspace_path.parent / STATIC_NAME)
         self.locations: dict[str, Location] = {}
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.publisher = Publisher(
@@ -133,8 +140,9 @@ class Supervisor:
         self._retiring: list[_Retiring] = []
         self._stopping_envs: Counter[str] = Counter()  # env keys of servers being stopped
         self._used_envs: set[str] = set()  # env keys this runner has served from
-        self._published_entries: list[Entry] | None = None
+        self._published: tuple[list[Entry], Static] | None = None
         self._desired: Mapping[str, Desired] = {}
+        self._static_names: frozenset[str] = frozenset()
         self._stopping = threading.Event()
         self._woken = True
 
@@ -171,7 +179,8 @@ class Supervisor:
                     self._desired, due = scan.desired, scan.next_due
                     next_scan = now + self.settings.rescan_every
                     self._woken = False
-                    for action in plan(scan.desired, self.locations, now, scan.early):
+                    reserved = self._reserved()
+                    for action in plan(scan.desired, self.locations, now, scan.early, reserved):
                         self._apply(action)
                     for loc in list(self.locations.values()):
                         self._promote(loc)
@@ -409,6 +418,16 @@ class Supervisor:
                 f"{gen.spec.relpath}: {reason}; restarting in {delay:.0f}s (attempt {loc.attempts})"
             ))  # fmt: skip
 
+    def _reserved(self) -> frozenset[str]:
+        """Names the static workspace uses; when they change, collisions are looked at anew."""
+        names = self.static.poll().names
+        if names != self._static_names:
+            for loc in self.locations.values():
+                if loc.failed_digest is not None and loc.error is not None:
+                    loc.failed_digest = None  # plan again: a collision may be gone or new
+            self._static_names = names
+        return names
+
     def _next_retry(self) -> float | None:
         times = [loc.retry_at for loc in self.locations.values() if loc.retry_at is not None]
         return min(times) if times else None
@@ -428,7 +447,7 @@ class Supervisor:
                 log.error("%s: cannot show its error in the UI: %s", loc.name, exc)
 
     def entries(self) -> list[Entry]:
-        host, out = self.settings.host, []
+        host, out = self.settings.advertise_host or self.settings.host, []
         for loc in self.locations.values():
             error_port = loc.error_server.port if loc.error_server is not None else None
             current = loc.current
@@ -438,15 +457,18 @@ class Supervisor:
                 if error_port is not None:
                     out.append(Entry(loc.name + FAILED_SUFFIX, host, error_port, True))
             elif error_port is not None:
-                out.append(Entry(loc.name, host, error_port, expect_error=True))
+                name = loc.name
+                if name in self._static_names:
+                    name += COLLISION_SUFFIX
+                out.append(Entry(name, host, error_port, expect_error=True))
         return sorted(out)
 
     def _publish(self) -> None:
-        entries = self.entries()
-        if entries == self._published_entries:
+        entries, static = self.entries(), self.static.current
+        if (entries, static) == self._published:
             return
-        self._published_entries = entries
-        version = self.publisher.submit(entries)
+        self._published = (entries, static)
+        version = self.publisher.submit(entries, static)
         for item in self._retiring:
             if item.after_version is None:
                 item.after_version = version
@@ -510,7 +532,7 @@ class Supervisor:
                 try:
                     home = self.settings.workspace_path.parent
                     terminate = stack.enter_context(open_instance(home)).run_launcher.terminate
-                except Exception as exc:
+                except Exception as exc:  # stop the servers all the same
                     log.warning("cannot open the instance to terminate runs: %s", exc)
             threads = [
                 threading.Thread(target=_stop_now, args=(s, grace, terminate), daemon=True)

@@ -29,14 +29,83 @@ class Entry:
     expect_error: bool = False
 
 
-def render(entries: list[Entry]) -> str:
-    """The workspace.yaml text for ``entries`` (sorted, so equal sets give equal text)."""
-    load_from = [
+def render(entries: list[Entry], static: Static | None = None) -> str:
+    """The workspace.yaml text: the user's static entries unchanged, then ours (sorted, so
+    equal sets give equal text)."""
+    load_from = list(static.load_from) if static else []
+    load_from += [
         {"grpc_server": {"host": e.host, "port": e.port, "location_name": e.name}}
         for e in sorted(entries)
     ]
-    header = "# Written by the code-location runner; edits here are overwritten.\n"
+    header = (
+        "# Written by the code-location runner; edits here are overwritten.\n"
+        f"# Add classic locations to {STATIC_NAME} beside this file instead.\n"
+    )
     return header + yaml.safe_dump({"load_from": load_from}, sort_keys=False)
+
+
+STATIC_NAME = "workspace.static.yaml"
+
+
+@dataclass(frozen=True)
+class Static:
+    """Classic locations a user maintains (python_file, python_module, grpc_server, ...)."""
+
+    load_from: tuple[dict, ...] = ()
+    names: frozenset[str] = frozenset()
+
+
+def load_static(path: Path) -> Static:
+    """Read ``workspace.static.yaml``; raise ValueError saying what is wrong with it.
+
+    Location names come from Dagster's own workspace loader, so defaults (a python_file
+    without ``location_name``) are named exactly as Dagster names them. Relative paths stay
+    as they are: workspace.yaml sits in the same folder, so they mean the same thing.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return Static()
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path.name} is not valid YAML: {exc}") from None
+    if data is None:
+        return Static()
+    if not isinstance(data, dict) or not isinstance(data.get("load_from"), list):
+        raise ValueError(f"{path.name} must be a mapping with a 'load_from' list")
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    try:
+        origins = WorkspaceFileTarget(paths=[str(path)]).create_origins()
+    except Exception as exc:  # Dagster's config errors come in many types
+        raise ValueError(f"{path.name} is not a valid workspace: {exc}") from None
+    return Static(tuple(data["load_from"]), frozenset(o.location_name for o in origins))
+
+
+class StaticSource:
+    """Re-reads the static workspace when it changes; a broken edit keeps the last good one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current = Static()
+        self.error: str | None = None
+        self._signature: tuple[int, int] | None = None
+
+    def poll(self) -> Static:
+        try:
+            st = self.path.stat()
+            signature = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            signature = None
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                self.current, self.error = load_static(self.path), None
+                log.info("static workspace: %d location(s) from %s", len(self.current.names),
+                         self.path)  # fmt: skip
+            except ValueError as exc:
+                self.error = str(exc)
+                log.error("%s (keeping the %d location(s) it had)", exc, len(self.current.names))
+        return self.current
 
 
 def write_if_changed(path: Path, text: str) -> bool:

@@ -49,7 +49,7 @@ def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: 
     while time.monotonic() < deadline:
         try:
             value = check()
-        except Exception as exc:
+        except Exception as exc:  # keep polling, report the last one
             last_error = exc
         else:
             if value:
@@ -82,7 +82,7 @@ class Service:
         env["UV_PYTHON_DOWNLOADS"] = "never"
         env.update(extra_env or {})
         self.log_path = log
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
              "--port", str(self.port)],

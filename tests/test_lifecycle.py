@@ -246,3 +246,25 @@ def test_editing_a_helper_module_reloads_the_locations_beside_it(service: Servic
     drop(folder / "helpers.py", "VALUE = 2\n")
     wait_for("a reload", lambda: len(service.server_pids("team.job")) > len(before), timeout=60)
     assert service.server_pids("swap") == other  # locations elsewhere are left alone
+
+
+def test_static_locations_are_merged_and_name_collisions_explained(
+    service: Service, tmp_path: Path
+) -> None:
+    home = service.share / "dagster_home"
+    (home / "classic_jobs.py").write_text(script(assets("classic_asset")).split("# ///\n", 1)[1])
+    (home / "workspace.static.yaml").write_text(
+        "load_from:\n  - python_file: {relative_path: classic_jobs.py, location_name: classic}\n"
+    )
+    service.wait_loaded("classic")
+    assert service.asset_keys("classic") == ["classic_asset"]
+
+    drop(service.code_dir / "classic.py", script(assets("dropped")))
+    message = service.wait_error("classic~name-collision", "already used in workspace.static.yaml")
+    assert "classic.py" in message
+    assert service.asset_keys("classic") == ["classic_asset"]  # the static one is untouched
+
+    (home / "workspace.static.yaml").write_text("load_from: []\n")
+    wait_for(
+        "the file to take the freed name", lambda: service.asset_keys("classic") == ["dropped"]
+    )

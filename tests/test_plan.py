@@ -101,3 +101,9 @@ def test_an_early_error_is_not_reported_while_the_file_may_be_half_written() -> 
     s = spec("a", "1")
     assert plan({"a": s}, {"a": serving(s)}, now=0, early={"a": half}) == []
     assert plan({}, {}, now=0, early={"a": half}) == []
+
+
+def test_a_file_whose_name_the_static_workspace_uses_is_rejected() -> None:
+    actions = plan({"classic": spec("classic", "1")}, {}, now=0, reserved=frozenset({"classic"}))
+    assert len(actions) == 1 and isinstance(actions[0], Reject)
+    assert "already used in workspace.static.yaml" in actions[0].error.message

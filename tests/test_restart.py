@@ -53,13 +53,26 @@ def child(service: Service, *words: str) -> psutil.Process:
     raise AssertionError(f"no child process with {words}")
 
 
-def test_show_error_mode_and_polling_mode(tmp_path: Path, state_dir: Path) -> None:
-    """Failures in place of the location; and rescans alone (as on SMB/NFS) find every change."""
-    env = {"RUNNER_ON_FAILURE": "show-error", "RUNNER_WATCH": "poll"}
+def test_show_error_mode_polling_mode_and_another_server_address(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """Failures in place of the location; rescans alone (as on SMB/NFS) find every change; and
+    code servers on another address than the webserver's, written into workspace.yaml."""
+    env = {
+        "RUNNER_ON_FAILURE": "show-error",
+        "RUNNER_WATCH": "poll",
+        "RUNNER_SERVER_HOST": "127.0.0.2",
+        "RUNNER_ADVERTISE_HOST": "127.0.0.2",
+    }
     with running(tmp_path / "share", state_dir, tmp_path / "service.log", env) as service:
         drop(service.code_dir / "good.py", GOOD)
         service.wait_loaded("good")
         assert "with rescans only" in service.log_text()
+        workspace = (service.share / "dagster_home" / "workspace.yaml").read_text()
+        assert "host: 127.0.0.2" in workspace and "127.0.0.1" not in workspace
+        listening = {c.laddr.ip for c in psutil.Process(service.server_pids("good")[-1])
+                     .net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}  # fmt: skip
+        assert {ip.removeprefix("::ffff:") for ip in listening} == {"127.0.0.2"}
         pid = service.server_pids("good")[-1]
         drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
         service.wait_error("good", "SyntaxError")

@@ -27,3 +27,38 @@ def test_write_only_when_the_content_changes(tmp_path: Path) -> None:
     assert write_if_changed(path, "b\n")
     assert path.read_text() == "b\n"
     assert [p.name for p in tmp_path.iterdir()] == ["workspace.yaml"]  # no temp files left
+
+
+def test_static_locations_are_named_as_dagster_names_them(tmp_path: Path) -> None:
+    import pytest
+
+    from runner.workspace import load_static
+
+    path = tmp_path / "workspace.static.yaml"
+    assert load_static(path).names == frozenset()  # absent: nothing
+    path.write_text(
+        "load_from:\n"
+        "  - python_file: {relative_path: jobs.py, location_name: classic}\n"
+        "  - python_module: my_pkg\n"
+        "  - grpc_server: {host: other, port: 4000, location_name: remote}\n"
+    )
+    static = load_static(path)
+    assert static.names == {"classic", "my_pkg", "remote"}
+    text = render([Entry("mine", "127.0.0.1", 1)], static)
+    assert yaml.safe_load(text)["load_from"] == [
+        {"python_file": {"relative_path": "jobs.py", "location_name": "classic"}},
+        {"python_module": "my_pkg"},
+        {"grpc_server": {"host": "other", "port": 4000, "location_name": "remote"}},
+        {"grpc_server": {"host": "127.0.0.1", "port": 1, "location_name": "mine"}},
+    ]
+    for bad, message in [
+        ("load_from: [", "not valid YAML"),
+        ("- a\n", "must be a mapping with a 'load_from' list"),
+        ("load_from:\n  - python_file: {relative_path: a.py, location_name: x}\n"
+         "  - python_module: {module_name: b, location_name: x}\n",
+         "multiple locations with the same name"),
+        ("load_from:\n  - no_such_kind: 1\n", "not a valid workspace"),
+    ]:  # fmt: skip
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            load_static(path)
