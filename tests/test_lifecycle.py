@@ -268,3 +268,44 @@ def test_static_locations_are_merged_and_name_collisions_explained(
     wait_for(
         "the file to take the freed name", lambda: service.asset_keys("classic") == ["dropped"]
     )
+
+
+def test_a_sensor_in_a_dropped_file_is_fired_by_the_daemon_and_its_run_succeeds(
+    service: Service, tmp_path: Path
+) -> None:
+    marker = tmp_path / "sensor-run.txt"
+    body = f"""import sys
+
+@dg.asset
+def sensed() -> int:
+    open({str(marker)!r}, "w").write(sys.executable)
+    return 1
+
+
+sensed_job = dg.define_asset_job("sensed_job", selection=[sensed])
+
+
+@dg.sensor(job=sensed_job, minimum_interval_seconds=5,
+           default_status=dg.DefaultSensorStatus.RUNNING)
+def once(context):
+    return dg.RunRequest(run_key="once")
+
+
+defs = dg.Definitions(assets=[sensed], jobs=[sensed_job], sensors=[once])
+"""
+    drop(service.code_dir / "sensing.py", script(body))
+    service.wait_loaded("sensing")
+
+    def sensor_run() -> str | None:
+        data = service.graphql(
+            """{ runsOrError(filter: {pipelineName: "sensed_job"}) {
+                 ... on Runs { results { runId status tags { key value } } } } }"""
+        )
+        runs = data["runsOrError"]["results"]
+        return runs[0]["status"] if runs else None
+
+    status = wait_for("the sensor's run to finish",
+                      lambda: sensor_run() in ("SUCCESS", "FAILURE") and sensor_run(),
+                      timeout=180)  # fmt: skip
+    assert status == "SUCCESS"
+    assert "/envs/" in marker.read_text()  # it ran in the file's environment
