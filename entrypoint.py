@@ -60,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     where = paths.layout(args.share)
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
+    paths.ensure_instance_config(where)
+    paths.export_instance_env(where)  # for the roles, and for prepare() below
     ensure_exists(where.workspace)
-    instance.prepare(where.dagster_home)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop while waiting below
+    try:
+        instance.prepare(where.instance_home)  # waits, retrying, for a database that is down
+    except KeyboardInterrupt:
+        log.info("stopped while waiting for the Dagster instance")
+        return 130
 
     env = dict(os.environ)
-    env["DAGSTER_HOME"] = str(where.dagster_home)
     env["RUNNER_SHARE"] = str(where.share)
     env.setdefault("DAGSTER_WEBSERVER_URL", webserver_url(args))
     env["PYTHONUNBUFFERED"] = "1"

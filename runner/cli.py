@@ -32,6 +32,11 @@ def _serve(args: argparse.Namespace) -> None:
     from .supervisor import Settings, Supervisor
 
     where = paths.layout(args.share)
+    where.dagster_home.mkdir(parents=True, exist_ok=True)
+    paths.ensure_instance_config(where)
+    paths.export_instance_env(where)
+    # Before any code server opens the instance; and what every environment needs to open it.
+    extras = instance.prepare(where.instance_home)
     settings = Settings(
         code_dir=where.code_dir,
         workspace_path=where.workspace,
@@ -44,9 +49,9 @@ def _serve(args: argparse.Namespace) -> None:
         start_timeout=args.start_timeout,
         retire_grace=args.retire_grace,
         keep_last_good=args.on_failure == "keep-last-good",
+        instance_home=where.instance_home,
+        extra_requirements=extras,
     )
-    where.dagster_home.mkdir(parents=True, exist_ok=True)
-    instance.prepare(where.dagster_home)  # before any code server opens it
     supervisor = Supervisor(settings)
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -69,6 +74,8 @@ def _daemon(args: argparse.Namespace) -> None:
     from .workspace import ensure_exists
 
     where = paths.layout(args.share)
+    paths.ensure_instance_config(where)
+    paths.export_instance_env(where)
     ensure_exists(where.workspace)
     daemon.run(where.workspace)
 

@@ -49,24 +49,26 @@ class EnvSpec:
 
     key: str
     metadata: dict[str, Any]
-    added_dagster: bool
+    added: tuple[str, ...]  # requirements the runner added to the file's own
 
     @property
     def short(self) -> str:
         return self.key[:12]
 
 
-def spec_for(metadata: script.ScriptMetadata) -> EnvSpec:
-    """The environment a file needs: its own metadata, plus the runner's dagster if absent.
+def spec_for(metadata: script.ScriptMetadata, extras: tuple[str, ...] = ()) -> EnvSpec:
+    """The environment a file needs: its own metadata, plus what serving it requires.
 
     A code server is ``dagster api grpc`` running in the file's environment, so dagster must
-    be there; the runner's own version is the one known to speak to this webserver.
+    be there (the runner's own version, known to speak to this webserver, if the file does
+    not say); ``extras`` are the packages the instance's storage needs (e.g.
+    ``dagster-postgres``), unpinned so uv picks the one matching the file's dagster.
     """
     data = metadata.to_toml_dict()
-    added = not metadata.mentions("dagster")
-    if added:
-        data["dependencies"] = [*data["dependencies"], f"dagster=={DAGSTER_VERSION}"]
-    return EnvSpec(key=script.metadata_digest(data), metadata=data, added_dagster=added)
+    added = [] if metadata.mentions("dagster") else [f"dagster=={DAGSTER_VERSION}"]
+    added += [extra for extra in extras if not metadata.mentions(extra)]
+    data["dependencies"] = [*data["dependencies"], *added]
+    return EnvSpec(key=script.metadata_digest(data), metadata=data, added=tuple(added))
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,46 @@ def open_instance(home: Path) -> Iterator[DagsterInstance]:
         yield instance
 
 
-def prepare(home: Path) -> None:
+def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
     """Create and migrate the instance's storage once, before several processes open it.
 
     With SQLite, the webserver, the daemon and every code server (Dagster's code server opens
     the instance too) would otherwise create the databases at the same moment, and
-    concurrent schema stamping can leave the storage unusable ("more than one head").
+    concurrent schema stamping can leave the storage unusable ("more than one head"). A
+    database that cannot be reached is reported in one line and retried with backoff.
+
+    Returns the packages every location's environment needs to open this instance (e.g.
+    ``dagster-postgres``): code servers and run workers open it in the file's environment.
     """
-    started = time.monotonic()
-    with open_instance(home) as instance:
-        instance.get_runs(limit=1)
-        log.info("instance ready in %s (%s, %.1fs)", home,
-                 type(instance.run_storage).__name__, time.monotonic() - started)  # fmt: skip
+    started, delay = time.monotonic(), 1.0
+    while True:
+        try:
+            with open_instance(home) as instance:
+                instance.get_runs(limit=1)
+                extras = storage_packages(instance)
+                storage = type(instance.run_storage).__name__
+                log.info("instance ready in %s (%s, %.1fs)", home, storage,
+                         time.monotonic() - started)  # fmt: skip
+                return extras
+        except Exception as exc:  # any failure to open it: say why, in one line, and retry
+            if time.monotonic() - started + delay > retry_for:
+                raise
+            log.error("cannot open the Dagster instance in %s: %s; retrying in %.0fs",
+                      home, _first_line(exc), delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def storage_packages(instance: DagsterInstance) -> tuple[str, ...]:
+    """Distributions outside dagster itself that the instance's configured classes live in."""
+    parts = [
+        instance.run_storage, instance.event_log_storage, instance.schedule_storage,
+        instance.compute_log_manager, instance.run_launcher, instance.run_coordinator,
+    ]  # fmt: skip
+    roots = {type(p).__module__.split(".")[0] for p in parts if p is not None}
+    return tuple(sorted(r.replace("_", "-") for r in roots if r != "dagster"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

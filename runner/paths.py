@@ -1,16 +1,21 @@
-"""Where things live: the share's layout, and the runner's own state outside it."""
+"""Where things live: the share's layout, the instance in use, and the runner's own state."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 @dataclass(frozen=True)
 class Layout:
     share: Path
-    dagster_home: Path
+    dagster_home: Path  # holds workspace.yaml (and the SQLite instance by default)
+    instance_home: Path  # DAGSTER_HOME for every role: the instance's dagster.yaml
 
     @property
     def code_dir(self) -> Path:
@@ -21,11 +26,72 @@ class Layout:
         return self.dagster_home / "workspace.yaml"
 
 
+def database_url() -> str | None:
+    """``DAGSTER_DATABASE_URL``, or one built from ``DAGSTER_POSTGRES_*`` parts.
+
+    The driver is made explicit (``postgresql+psycopg2://``): dagster-postgres ships psycopg2,
+    while SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3.
+    """
+    url = os.environ.get("DAGSTER_DATABASE_URL")
+    if url:
+        return _with_driver(url)
+    host = os.environ.get("DAGSTER_POSTGRES_HOST")
+    if not host:
+        return None
+    user = quote(os.environ.get("DAGSTER_POSTGRES_USER", "postgres"), safe="")
+    password = quote(os.environ.get("DAGSTER_POSTGRES_PASSWORD", ""), safe="")
+    port = os.environ.get("DAGSTER_POSTGRES_PORT", "5432")
+    db = quote(os.environ.get("DAGSTER_POSTGRES_DB", "postgres"), safe="")
+    credentials = f"{user}:{password}@" if password else f"{user}@"
+    return f"postgresql+psycopg2://{credentials}{host}:{port}/{db}"
+
+
+def _with_driver(url: str) -> str:
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare) :]
+    return url
+
+
 def layout(share: str | Path | None = None) -> Layout:
-    """The share (``--share``, ``RUNNER_SHARE``, ``./share``) and ``DAGSTER_HOME`` within it."""
+    """The share (``--share``, ``RUNNER_SHARE``, ``./share``) and the instance in use.
+
+    ``DAGSTER_HOME`` wins when set. Otherwise the instance is ``dagster_home/`` (SQLite), or
+    ``dagster_home/postgres/`` when a database URL is configured: one dagster.yaml cannot
+    switch storage on an environment variable, two folders can.
+    """
     root = Path(share or os.environ.get("RUNNER_SHARE") or "share").resolve()
-    home = os.environ.get("DAGSTER_HOME")
-    return Layout(share=root, dagster_home=Path(home).resolve() if home else root / "dagster_home")
+    explicit = os.environ.get("DAGSTER_HOME")
+    exported = os.environ.get("RUNNER_WORKSPACE_DIR")  # set for the roles by the entrypoint
+    if explicit and exported:
+        return Layout(root, Path(exported).resolve(), Path(explicit).resolve())
+    if explicit:
+        home = Path(explicit).resolve()
+        return Layout(share=root, dagster_home=home, instance_home=home)
+    home = root / "dagster_home"
+    instance_home = home / "postgres" if database_url() else home
+    return Layout(share=root, dagster_home=home, instance_home=instance_home)
+
+
+def ensure_instance_config(where: Layout) -> None:
+    """Give a new share the shipped instance settings (never overwrites a user's file)."""
+    where.instance_home.mkdir(parents=True, exist_ok=True)
+    config = where.instance_home / "dagster.yaml"
+    if not config.exists():
+        postgres = where.instance_home.name == "postgres" and database_url()
+        template = "postgres.dagster.yaml" if postgres else "dagster.yaml"
+        shutil.copyfile(TEMPLATES / template, config)
+
+
+def export_instance_env(where: Layout) -> None:
+    """Point this process and its children at the instance: ``DAGSTER_HOME``, and the
+    normalized database URL its dagster.yaml reads; ``RUNNER_WORKSPACE_DIR`` keeps the
+    folder of workspace.yaml for the roles, as ``DAGSTER_HOME`` may now differ from it."""
+    os.environ["DAGSTER_HOME"] = str(where.instance_home)
+    os.environ["RUNNER_WORKSPACE_DIR"] = str(where.dagster_home)
+    url = database_url()
+    if url:
+        os.environ["DAGSTER_DATABASE_URL"] = url
 
 
 def state_dir() -> Path:

@@ -67,6 +67,10 @@ class Settings:
     #: it); False shows the failure in place of the location.
     keep_last_good: bool = True
     max_parallel_builds: int = 2
+    #: DAGSTER_HOME of the instance; None: the folder of workspace.yaml.
+    instance_home: Path | None = None
+    #: Packages every environment needs to open the instance (e.g. dagster-postgres).
+    extra_requirements: tuple[str, ...] = ()
 
 
 # --- messages from workers ------------------------------------------------------------
@@ -244,7 +248,7 @@ class Supervisor:
     def _prepare(self, spec: LocationSpec) -> None:
         loc = self.locations.setdefault(spec.name, Location(spec.name))
         self._abandon_next(loc)
-        env_spec = envs.spec_for(spec.metadata)
+        env_spec = envs.spec_for(spec.metadata, self.settings.extra_requirements)
         loc.next = Generation(spec=spec, env=env_spec, started=self.clock())
         loc.retry_at = None
         built = self.store.get(env_spec)
@@ -253,9 +257,9 @@ class Supervisor:
         elif env_spec.key in self._builds:
             log.info("%s waits for env %s, already building", spec.name, env_spec.short)
         else:
-            added = f" (adding dagster=={envs.DAGSTER_VERSION}: the file does not list it)"
+            added = f" (adding {', '.join(env_spec.added)}: the file does not list it)"
             log.info("building env %s for %s%s", env_spec.short, spec.name,
-                     added if env_spec.added_dagster else "")  # fmt: skip
+                     added if env_spec.added else "")  # fmt: skip
             self._builds[env_spec.key] = self.clock()
             self._build_pool.submit(self._build, env_spec)
 
@@ -530,7 +534,7 @@ class Supervisor:
             terminate = None
             if any(isinstance(s, servers.CodeServer) for s in live):
                 try:
-                    home = self.settings.workspace_path.parent
+                    home = self.settings.instance_home or self.settings.workspace_path.parent
                     terminate = stack.enter_context(open_instance(home)).run_launcher.terminate
                 except Exception as exc:  # stop the servers all the same
                     log.warning("cannot open the instance to terminate runs: %s", exc)

@@ -76,7 +76,8 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         extra_env, env = env, dict(os.environ)
-        env.pop("DAGSTER_HOME", None)
+        for inherited in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL"):
+            env.pop(inherited, None)
         env.pop("DAGSTER_WEBSERVER_URL", None)
         env["RUNNER_STATE_DIR"] = str(state_dir)
         env["UV_PYTHON_DOWNLOADS"] = "never"
