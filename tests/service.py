@@ -259,10 +259,12 @@ class Service:
 
 
 @contextmanager
-def running(share: Path, state_dir: Path, log: Path, env: dict[str, str] | None = None
-            ) -> Iterator[Service]:  # fmt: skip
-    """A service for the ``with`` block; whatever it started is gone after it."""
-    service = Service(share, state_dir, log=log, env=env)
+def running(
+    share: Path, state_dir: Path, log: Path, env: dict[str, str] | None = None, role: str = "all"
+) -> Iterator[Service]:
+    """A service (or one role of it) for the ``with`` block; whatever it started is gone
+    after it."""
+    service = Service(share, state_dir, log=log, env=env, role=role)
     try:
         yield service
     finally:

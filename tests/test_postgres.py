@@ -111,3 +111,27 @@ def test_shipped_instance_settings_match_the_templates() -> None:
     assert (share / "postgres" / "dagster.yaml").read_text() == (
         paths.TEMPLATES / "postgres.dagster.yaml"
     ).read_text()
+
+
+def test_roles_as_separate_processes_sharing_the_share_and_the_database(
+    database_url: str, tmp_path: Path, state_dir: Path
+) -> None:
+    """As separate containers would: webserver, daemon and runner each alone, the code servers
+    on another address, and a run launched from the webserver."""
+    share, env = tmp_path / "share", {"DAGSTER_DATABASE_URL": database_url}
+    with (
+        running(share, state_dir, tmp_path / "web.log", env, role="webserver") as web,
+        running(share, state_dir, tmp_path / "daemon.log", env, role="daemon") as daemon,
+    ):
+        runner_env = {
+            **env,
+            "DAGSTER_WEBSERVER_URL": web.url,
+            "RUNNER_SERVER_HOST": "127.0.0.2",
+            "RUNNER_ADVERTISE_HOST": "127.0.0.2",
+        }
+        with running(share, state_dir, tmp_path / "runner.log", runner_env, role="runner") as rn:
+            drop(rn.code_dir / "stored.py", SCRIPT)
+            web.wait_loaded("stored")
+            run_id = web.materialize_all("stored")
+            assert web.wait_run(run_id) == "SUCCESS", web.run_failure_text(run_id)
+        assert daemon.proc.poll() is None and web.proc.poll() is None
