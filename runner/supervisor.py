@@ -371,8 +371,8 @@ class Supervisor:
             loc.attempts += 1
             delay = loc.backoff(base=5.0, cap=300.0)
             loc.retry_digest, loc.retry_at = gen.digest, self.clock() + delay
-            info = error_info(f"{info.message.rstrip()}\n(retrying in {delay:.0f}s)")
             log.error("%s: %s; retrying in %.0fs", loc.name, summarize(info), delay)
+            info = error_info(f"{info.message.rstrip()}\n(retrying in {delay:.0f}s)")
             self._set_error(loc, info)
             return
         log.error(

@@ -71,10 +71,12 @@ class Service:
         role: str = "all",
         log: Path,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.share = share
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         extra_env, env = env, dict(os.environ)
         for inherited in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL"):
             env.pop(inherited, None)
@@ -85,8 +87,8 @@ class Service:
         self.log_path = log
         self._log = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
-             "--port", str(self.port)],
+            [*prefix, sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
+             "--host", host, "--port", str(self.port)],
             env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._seen: set[psutil.Process] = set()
@@ -260,11 +262,16 @@ class Service:
 
 @contextmanager
 def running(
-    share: Path, state_dir: Path, log: Path, env: dict[str, str] | None = None, role: str = "all"
+    share: Path,
+    state_dir: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    role: str = "all",
+    **options: Any,
 ) -> Iterator[Service]:
     """A service (or one role of it) for the ``with`` block; whatever it started is gone
-    after it."""
-    service = Service(share, state_dir, log=log, env=env, role=role)
+    after it. ``options``: ``host``, ``prefix`` (e.g. ``ip netns exec NS``)."""
+    service = Service(share, state_dir, log=log, env=env, role=role, **options)
     try:
         yield service
     finally:
