@@ -31,7 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="entrypoint.py", description=__doc__.split("\n")[0])
     parser.add_argument("role", nargs="?", default="all", choices=("all", *ROLES))
     parser.add_argument("--share", default=None, help="share folder (env RUNNER_SHARE, ./share)")
-    parser.add_argument("--host", default="127.0.0.1", help="webserver address (127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("DAGSTER_WEBSERVER_HOST", "127.0.0.1"),
+        help="webserver address (env DAGSTER_WEBSERVER_HOST, 127.0.0.1)",
+    )
     parser.add_argument("--port", type=int, default=3000, help="webserver port (3000)")
     return parser.parse_args(argv)
 

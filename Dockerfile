@@ -1,0 +1,46 @@
+# One image for every role: `docker run IMAGE [all|webserver|daemon|runner]`.
+# Build: docker build -t dagster-code-runner .
+# Behind a TLS-inspecting proxy, mount its CA: buildah bud -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro ...
+ARG BASE=debian:bookworm-slim
+FROM ${BASE}
+
+# Python 3.11 from Debian; uv from PyPI (the runner calls the uv binary its package ships).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv ca-certificates util-linux tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 dagster \
+ && mkdir -p /opt/dagster /var/lib/runner /var/cache/uv /app \
+ && chown dagster:dagster /opt/dagster /var/lib/runner /var/cache/uv /app
+
+WORKDIR /app
+USER dagster
+ENV VIRTUAL_ENV=/app/.venv \
+    PATH=/app/.venv/bin:$PATH \
+    UV_CACHE_DIR=/var/cache/uv \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    RUNNER_SHARE=/opt/dagster \
+    RUNNER_STATE_DIR=/var/lib/runner \
+    DAGSTER_WEBSERVER_HOST=0.0.0.0 \
+    PYTHONUNBUFFERED=1
+
+# Dependencies first (a cached layer), then the code.
+COPY --chown=dagster:dagster pyproject.toml uv.lock README.md ./
+RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt PIP_CERT=/run/host-ca.crt; fi \
+ && python3 -m venv /app/.venv \
+ && /app/.venv/bin/pip install --quiet --no-cache-dir "uv>=0.13,<0.14" \
+ && uv sync --frozen --no-dev --no-install-project --python /app/.venv/bin/python
+COPY --chown=dagster:dagster runner ./runner
+COPY --chown=dagster:dagster entrypoint.py ./
+RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt; fi \
+ && uv sync --frozen --no-dev --python /app/.venv/bin/python
+
+# The share (code_location/ and dagster_home/), built environments, and the uv cache.
+VOLUME ["/opt/dagster", "/var/lib/runner", "/var/cache/uv"]
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+  CMD python -c "import sys, urllib.request as u; u.urlopen('http://127.0.0.1:3000/server_info', timeout=4)" || exit 1
+ENTRYPOINT ["tini", "--", "python", "entrypoint.py"]
+CMD ["all"]
