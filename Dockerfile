@@ -42,5 +42,5 @@ VOLUME ["/opt/dagster", "/var/lib/runner", "/var/cache/uv"]
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
   CMD python -c "import sys, urllib.request as u; u.urlopen('http://127.0.0.1:3000/server_info', timeout=4)" || exit 1
-ENTRYPOINT ["tini", "--", "python", "entrypoint.py"]
+ENTRYPOINT ["tini", "-s", "--", "python", "entrypoint.py"]
 CMD ["all"]
