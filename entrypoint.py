@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONUNBUFFERED"] = "1"
 
     stop_requested = threading.Event()
-    signals_seen = []
+    signals_seen: list[tuple[int, float]] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        signals_seen.append(signum)
+        signals_seen.append((signum, time.monotonic()))
         stop_requested.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             exit_code = 1
             break
     if signals_seen:
-        log.info("%s received: stopping %s", signal.Signals(signals_seen[0]).name, ", ".join(order))
+        log.info("%s received: stopping %s", signal.Signals(signals_seen[0][0]).name,
+                 ", ".join(order))  # fmt: skip
 
-    # A second signal during shutdown skips the grace periods.
+    # A second signal during shutdown skips the grace periods. One Ctrl-C can arrive twice
+    # (from the terminal, and forwarded by `uv run`): a repeat within a second is the same.
     def force(signum: int, _frame: object) -> None:
+        if signals_seen and time.monotonic() - signals_seen[0][1] < 1.0:
+            return
         for proc in children.values():
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
