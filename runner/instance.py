@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
     started, delay = time.monotonic(), 1.0
     while True:
         try:
-            with open_instance(home) as instance:
+            with _exclusive(home), open_instance(home) as instance:
                 instance.get_runs(limit=1)
                 extras = storage_packages(instance)
                 storage = type(instance.run_storage).__name__
@@ -52,6 +53,18 @@ def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
                       home, _first_line(exc), delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+@contextmanager
+def _exclusive(home: Path) -> Iterator[None]:
+    """One process at a time creates the storage (roles started together on one machine)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".runner-prepare.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def storage_packages(instance: DagsterInstance) -> tuple[str, ...]:
