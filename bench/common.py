@@ -18,14 +18,7 @@ from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
 
 from runner import process  # noqa: E402
 from runner.server import free_port  # noqa: E402
-
-
-def script(assets: list[str], *, extra_meta: str = "") -> str:
-    body = "\n".join(f"@dg.asset\ndef {a}() -> int:\n    return 1\n\n" for a in assets)
-    return (
-        f'# /// script\n# dependencies = ["dagster"]\n{extra_meta}# ///\n'
-        f"import dagster as dg\n\n{body}\ndefs = dg.Definitions(assets=[{', '.join(assets)}])\n"
-    )
+from tests.service import asset_file as script  # noqa: E402, F401 - the benches' files
 
 
 @dataclass(frozen=True)

@@ -22,36 +22,15 @@ import time
 from pathlib import Path
 
 import psutil
-from common import bare_start
+from common import bare_start, script
 
-from tests.service import Service, wait_for
-
-SCRIPT = """# /// script
-# requires-python = ">=3.11"
-# dependencies = ["dagster"]
-{extra}# ///
-import dagster as dg
-
-
-@dg.asset
-def number() -> int:
-    return {n}
-
-
-defs = dg.Definitions(assets=[number])
-"""
-
-
-def drop(path: Path, text: str) -> float:
-    tmp = path.parent / f".{path.name}.part"
-    tmp.write_text(text)
-    tmp.rename(path)
-    return time.perf_counter()
+from tests.service import Service, drop, wait_for
 
 
 def time_to_loaded(service: Service, path: Path, text: str) -> float:
     name = path.stem
-    dropped = drop(path, text)
+    drop(path, text)
+    dropped = time.perf_counter()
     wait_for(
         f"{name} LOADED",
         lambda: (e := service.locations().get(name)) and e["loadStatus"] == "LOADED",
@@ -73,16 +52,16 @@ def main() -> None:
             wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
             code = service.code_dir
             code.mkdir(parents=True, exist_ok=True)
-            warm = time_to_loaded(service, code / "warmup.py", SCRIPT.format(extra="", n=0))
+            warm = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
             same = [
-                time_to_loaded(service, code / f"same_{i}.py", SCRIPT.format(extra="", n=i))
+                time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
                 for i in range(args.files)
             ]
             new = [
                 time_to_loaded(
                     service,
                     code / f"new_{i}.py",
-                    SCRIPT.format(extra=f"# [tool.bench]\n# n = {i}\n", n=i),
+                    script([f"number_{i}"], extra_meta=f"# [tool.bench]\n# n = {i}\n"),
                 )
                 for i in range(args.files)
             ]

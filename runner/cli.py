@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from . import instance, paths
 
@@ -80,9 +81,23 @@ def _daemon(args: argparse.Namespace) -> None:
     daemon.run(where.workspace)
 
 
-def _env(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _setting(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: object,
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """An option whose default comes from the environment variable ``env``, said in its help."""
+    value = os.environ.get(env)
+    convert = kwargs.get("type", str)
+    parser.add_argument(
+        flag,
+        default=convert(value) if value else default,
+        help=f"{help} (env {env}, default {default})",
+        **kwargs,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,57 +108,29 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="watch the share and serve every PEP 723 file in it")
     serve.add_argument("--share", help="folder holding code_location/ and dagster_home/")
     serve.add_argument("--webserver-url", help="reload this webserver (env DAGSTER_WEBSERVER_URL)")
-    serve.add_argument(
-        "--host",
-        default=os.environ.get("RUNNER_SERVER_HOST", "127.0.0.1"),
-        help="address code servers listen on (env RUNNER_SERVER_HOST, 127.0.0.1)",
-    )
-    serve.add_argument(
-        "--advertise-host",
-        default=os.environ.get("RUNNER_ADVERTISE_HOST") or None,
-        help="address written into workspace.yaml for the webserver and daemon to reach the "
-        "code servers, when they run elsewhere (env RUNNER_ADVERTISE_HOST; default: --host)",
-    )
-    serve.add_argument(
-        "--rescan-every",
-        type=float,
-        default=_env("RUNNER_RESCAN_EVERY", 2.0),
-        help="full rescan period, seconds (env RUNNER_RESCAN_EVERY, 2)",
-    )
-    serve.add_argument(
-        "--stable-for",
-        type=float,
-        default=_env("RUNNER_STABLE_FOR", 1.0),
-        help="a file counts once unchanged this long, seconds (env RUNNER_STABLE_FOR, 1)",
-    )
-    serve.add_argument(
-        "--start-timeout",
-        type=float,
-        default=_env("RUNNER_START_TIMEOUT", 180.0),
-        help="a server must answer and load its file within this, seconds "
-        "(env RUNNER_START_TIMEOUT, 180)",
-    )
-    serve.add_argument(
-        "--retire-grace",
-        type=float,
-        default=_env("RUNNER_RETIRE_GRACE", 3600.0),
-        help="a replaced or deleted server may finish its runs this long before SIGKILL, "
-        "seconds (env RUNNER_RETIRE_GRACE, 3600)",
-    )
-    serve.add_argument(
-        "--on-failure",
-        choices=("keep-last-good", "show-error"),
-        default=os.environ.get("RUNNER_ON_FAILURE", "keep-last-good"),
-        help="when a new version fails: keep serving the last good one and show the failure "
-        "beside it, or show the failure in its place (env RUNNER_ON_FAILURE)",
-    )
-    serve.add_argument(
-        "--watch",
-        choices=("auto", "events", "poll"),
-        default=os.environ.get("RUNNER_WATCH", "auto"),
-        help="file events plus rescans, or rescans only; auto polls on network file systems "
-        "(env RUNNER_WATCH)",
-    )
+    # fmt: off
+    _setting(serve, "--host", "RUNNER_SERVER_HOST", "127.0.0.1",
+             "address code servers listen on")
+    _setting(serve, "--advertise-host", "RUNNER_ADVERTISE_HOST", None,
+             "address written into workspace.yaml for the webserver and daemon to reach the "
+             "code servers, when they run elsewhere; unset: the --host address")
+    _setting(serve, "--rescan-every", "RUNNER_RESCAN_EVERY", 2.0,
+             "full rescan period, seconds", type=float)
+    _setting(serve, "--stable-for", "RUNNER_STABLE_FOR", 1.0,
+             "a file counts once unchanged this long, seconds", type=float)
+    _setting(serve, "--start-timeout", "RUNNER_START_TIMEOUT", 180.0,
+             "a server must answer and load its file within this, seconds", type=float)
+    _setting(serve, "--retire-grace", "RUNNER_RETIRE_GRACE", 3600.0,
+             "a replaced or deleted server may finish its runs this long before SIGKILL, "
+             "seconds", type=float)
+    _setting(serve, "--on-failure", "RUNNER_ON_FAILURE", "keep-last-good",
+             "when a new version fails: keep serving the last good one and show the failure "
+             "beside it, or show the failure in its place",
+             choices=("keep-last-good", "show-error"))
+    _setting(serve, "--watch", "RUNNER_WATCH", "auto",
+             "file events plus rescans, or rescans only; auto polls on network file systems",
+             choices=("auto", "events", "poll"))
+    # fmt: on
     serve.set_defaults(func=_serve)
 
     daemon = sub.add_parser("daemon", help="Dagster's daemon, following workspace.yaml closely")

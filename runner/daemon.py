@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .workspace import write_if_changed
+
 log = logging.getLogger(__name__)
 
 ACK_NAME = ".workspace-daemon.json"
@@ -63,8 +65,6 @@ def read_ack(workspace: Path) -> Ack | None:
 
 
 def write_ack(workspace: Path, digest: str | None) -> None:
-    from .workspace import write_if_changed
-
     ack = {
         "digest": digest,
         "heartbeat": time.time(),

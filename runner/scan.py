@@ -169,7 +169,8 @@ class Scanner:
             log.warning("cannot read %s: %s", relpath, exc)
             return
         seen.result = classify(relpath, self.root / relpath, data)
-        seen.admitted, seen.early, seen.digest = seen.signature, None, script.digest_bytes(data)
+        digest = seen.result.digest if seen.result is not None else script.digest_bytes(data)
+        seen.admitted, seen.early, seen.digest = seen.signature, None, digest
         self._changed = True
 
     def _read(self, relpath: str) -> Desired | None:

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
@@ -114,8 +114,8 @@ Message = _Wake | _Written | _EnvDone | _ServerDone | _Stopped
 class _Retiring:
     server: Served
     env_key: str | None
+    since: float  # when it was retired (the supervisor's clock)
     after_version: int | None = None  # stop once this workspace version is published
-    since: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -441,7 +441,7 @@ class Supervisor:
     def _set_error(self, loc: Location, info: SerializableErrorInfo | None) -> None:
         """Show ``info`` on the location (an in-process error server), or stop showing it."""
         if loc.error_server is not None and (info is None or info is not loc.error):
-            self._retiring.append(_Retiring(loc.error_server, None))
+            self._retiring.append(_Retiring(loc.error_server, None, self.clock()))
             loc.error_server = None
         loc.error = info
         if info is not None and loc.error_server is None:
@@ -483,7 +483,9 @@ class Supervisor:
         """Stop ``gen``'s server once no published workspace points at it."""
         if gen.server is None:
             return
-        self._retiring.append(_Retiring(gen.server, gen.env.key, 0 if immediately else None))
+        self._retiring.append(
+            _Retiring(gen.server, gen.env.key, self.clock(), 0 if immediately else None)
+        )
         self._stopping_envs[gen.env.key] += 1
 
     def _retire_due(self) -> None:
@@ -493,7 +495,7 @@ class Supervisor:
                 item.after_version is not None and self.publisher.published >= item.after_version
             )
             # A webserver that stays unreachable must not keep old servers forever.
-            overdue = time.monotonic() - item.since > 120
+            overdue = self.clock() - item.since > 120
             if published or overdue:
                 self._io_pool.submit(self._stop_server, item)
             else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,19 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
+from runner.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def asset_file(assets: list[str], *, extra_meta: str = "") -> str:
+    """A PEP 723 file with one trivial asset per name (``extra_meta``: more metadata lines)."""
+    body = "\n".join(f"@dg.asset\ndef {a}() -> int:\n    return 1\n\n" for a in assets)
+    return (
+        f'# /// script\n# dependencies = ["dagster"]\n{extra_meta}# ///\n'
+        f"import dagster as dg\n\n{body}\ndefs = dg.Definitions(assets=[{', '.join(assets)}])\n"
+    )
 
 
 def drop(path: Path, text: str) -> None:
@@ -75,7 +79,7 @@ class Service:
         prefix: tuple[str, ...] = (),
     ) -> None:
         self.share = share
-        self.port = free_port()
+        self.port = free_port("127.0.0.1")
         self.url = f"http://{host}:{self.port}"
         extra_env, env = env, dict(os.environ)
         for inherited in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL"):

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from runner import daemon
+from runner.server import free_port
 from runner.workspace import Entry, render, write_if_changed
-from tests.service import ROOT, free_port, wait_for
+from tests.service import ROOT, wait_for
 
 
 def test_the_dagster_internals_we_use_are_there() -> None:
@@ -41,7 +42,7 @@ def test_daemon_follows_workspace_changes_and_acknowledges_them(tmp_path: Path) 
     try:
         wait_for("the daemon to load the empty workspace", lambda: _acked(workspace), timeout=60)
         # A location whose server is down: the daemon records the error and moves on.
-        write_if_changed(workspace, render([Entry("nowhere", "127.0.0.1", free_port())]))
+        write_if_changed(workspace, render([Entry("nowhere", "127.0.0.1", free_port("127.0.0.1"))]))
         wait_for("the daemon to load the new workspace", lambda: _acked(workspace), timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import requests
 
-from tests.service import ROOT, drop, free_port, wait_for
+from runner.server import free_port
+from tests.service import ROOT, asset_file, drop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +30,7 @@ BASE = "localhost/debian-base:bookworm"
 IMAGE = "localhost/dagster-code-runner:test"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # a TLS-inspecting proxy's CA, if any
 
-SCRIPT = """# /// script
-# dependencies = ["dagster"]
-# ///
-import dagster as dg
-
-
-@dg.asset
-def boxed() -> int:
-    return 1
-
-
-defs = dg.Definitions(assets=[boxed])
-"""
+SCRIPT = asset_file(["boxed"])
 
 
 def _run(*args: str, timeout: float = 900) -> str:
@@ -85,7 +74,7 @@ def test_image_entrypoint_serves_the_ui_and_a_dropped_file(image: str, tmp_path:
     (share / "code_location").mkdir(parents=True)
     share.chmod(0o777)
     (share / "code_location").chmod(0o777)
-    port = free_port()
+    port = free_port("127.0.0.1")
     container = _run(*BUILDAH, "from", "-q", image).strip()
     env = ["--env", "SSL_CERT_FILE=/run/host-ca.crt"] if HOST_CA.exists() else []
     # /opt/dagster is the image's VOLUME; buildah run cannot bind over it, so mount elsewhere.

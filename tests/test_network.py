@@ -13,25 +13,13 @@ import pytest
 
 from runner.env import EnvStore, spec_for
 from runner.script import parse_metadata
-from tests.service import drop, running
+from tests.service import asset_file, drop, running
 
 pytestmark = pytest.mark.slow
 
 WEB_SIDE, RUNNER_SIDE = "10.213.7.1", "10.213.7.2"
 
-SCRIPT = """# /// script
-# dependencies = ["dagster"]
-# ///
-import dagster as dg
-
-
-@dg.asset
-def remote() -> int:
-    return 1
-
-
-defs = dg.Definitions(assets=[remote])
-"""
+SCRIPT = asset_file(["remote"])
 
 
 def _ip(*args: str) -> None:

@@ -17,23 +17,11 @@ import psycopg2
 import pytest
 
 from runner import paths
-from tests.service import drop, running, wait_for
+from tests.service import asset_file, drop, running, wait_for
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = """# /// script
-# dependencies = ["dagster"]
-# ///
-import dagster as dg
-
-
-@dg.asset
-def stored() -> int:
-    return 1
-
-
-defs = dg.Definitions(assets=[stored])
-"""
+SCRIPT = asset_file(["stored"])
 
 
 def _with_db(url: str, db: str) -> str:

@@ -10,23 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.service import Service, alive, drop, running, wait_for
+from tests.service import Service, alive, asset_file, drop, running, wait_for
 
 pytestmark = pytest.mark.slow
 
-GOOD = """# /// script
-# dependencies = ["dagster"]
-# ///
-import dagster as dg
-
-
-@dg.asset
-def a() -> int:
-    return 1
-
-
-defs = dg.Definitions(assets=[a])
-"""
+GOOD = asset_file(["a"])
 
 SLOW = """# /// script
 # dependencies = ["dagster"]
