@@ -37,14 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="webserver address (env DAGSTER_WEBSERVER_HOST, 127.0.0.1)",
     )
     parser.add_argument("--port", type=int, default=3000, help="webserver port (3000)")
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("RUNNER_LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="json: every role logs one JSON object per line (env RUNNER_LOG_FORMAT, text)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=os.environ.get("RUNNER_METRICS"),
+        help="the runner serves Prometheus metrics on PORT or HOST:PORT (env RUNNER_METRICS)",
+    )
     return parser.parse_args(argv)
 
 
 def role_command(role: str, args: argparse.Namespace, where: paths.Layout) -> list[str]:
     py = sys.executable
     if role == "webserver":
+        fmt = ["--log-format", "json"] if args.log_format == "json" else []
         return [py, "-m", "dagster_webserver", "-h", args.host, "-p", str(args.port),
-                "-w", str(where.workspace)]  # fmt: skip
+                "-w", str(where.workspace), *fmt]  # fmt: skip
     if role == "daemon":
         return [py, "-m", "runner", "daemon", "--share", str(where.share)]
     return [py, "-m", "runner", "serve", "--share", str(where.share)]
@@ -60,7 +72,8 @@ def webserver_url(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint")
+    setup_logging(os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint",
+                  fmt=args.log_format)  # fmt: skip
     where = paths.layout(args.share)
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -78,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     env["RUNNER_SHARE"] = str(where.share)
     env.setdefault("DAGSTER_WEBSERVER_URL", webserver_url(args))
     env["PYTHONUNBUFFERED"] = "1"
+    env["RUNNER_LOG_FORMAT"] = args.log_format
+    if args.metrics:
+        env["RUNNER_METRICS"] = args.metrics
 
     stop_requested = threading.Event()
     signals_seen: list[tuple[int, float]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -14,14 +15,25 @@ from . import instance, paths
 log = logging.getLogger("runner")
 
 
-def setup_logging(level: str = "INFO", *, name: str = "runner") -> None:
-    """One readable line per decision on stderr, for our loggers only (not Dagster's)."""
+def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text") -> None:
+    """One line per decision on stderr, for our loggers only (not Dagster's): readable, or
+    one JSON object per line for log collectors (``fmt="json"``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        formatter: logging.Formatter = JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"role": name},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+    else:
+        formatter = logging.Formatter(
             f"%(asctime)s %(levelname)-7s {name}: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
         )
-    )
+    handler.setFormatter(formatter)
     for logger_name in ("runner", "entrypoint"):
         logger = logging.getLogger(logger_name)
         logger.handlers[:] = [handler]
@@ -54,6 +66,10 @@ def _serve(args: argparse.Namespace) -> None:
         extra_requirements=extras,
     )
     supervisor = Supervisor(settings)
+    if args.metrics:
+        from . import metrics
+
+        metrics.serve(args.metrics)
 
     def request_stop(signum: int, _frame: object) -> None:
         # Handlers record; the loop acts. A second signal exits at once (servers die with us).
@@ -78,7 +94,25 @@ def _daemon(args: argparse.Namespace) -> None:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
     ensure_exists(where.workspace)
-    daemon.run(where.workspace)
+    daemon.run(where.workspace, log_format=args.log_format)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import status
+
+    where = paths.layout(args.share)
+    path = where.dagster_home / status.STATUS_NAME
+    snapshot = status.read(path)
+    if snapshot is None:
+        message = f"no runner has run on {where.share} (no {path})"
+        print(json.dumps({"running": False, "why": message}) if args.json else message)
+        return 3
+    if args.json:
+        print(json.dumps({"running": snapshot.running, "why": snapshot.why_not,
+                          **snapshot.data}, indent=1))  # fmt: skip
+    else:
+        print(status.render(snapshot), end="")
+    return 0 if snapshot.running else 3
 
 
 def _setting(
@@ -103,6 +137,9 @@ def _setting(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", default=os.environ.get("RUNNER_LOG_FORMAT", "text"),
+                        choices=("text", "json"),
+                        help="json: one JSON object per line (env RUNNER_LOG_FORMAT)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="watch the share and serve every PEP 723 file in it")
@@ -130,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     _setting(serve, "--watch", "RUNNER_WATCH", "auto",
              "file events plus rescans, or rescans only; auto polls on network file systems",
              choices=("auto", "events", "poll"))
+    _setting(serve, "--metrics", "RUNNER_METRICS", None,
+             "serve Prometheus metrics on PORT (loopback) or HOST:PORT; unset: off")
     # fmt: on
     serve.set_defaults(func=_serve)
 
@@ -137,6 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     daemon.add_argument("--share", help="folder holding dagster_home/")
     daemon.set_defaults(func=_daemon)
 
+    status = sub.add_parser(
+        "status", help="what the runner on this share is doing, per file (exit 3: not running)"
+    )
+    status.add_argument("--share", help="folder holding code_location/ and dagster_home/")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.set_defaults(func=_status)
+
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, name="daemon" if args.command == "daemon" else "runner")
-    args.func(args)
+    name = "daemon" if args.command == "daemon" else "runner"
+    setup_logging(args.log_level, name=name, fmt=args.log_format)
+    sys.exit(args.func(args) or 0)

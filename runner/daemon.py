@@ -74,8 +74,10 @@ def write_ack(workspace: Path, digest: str | None) -> None:
     write_if_changed(ack_path(workspace), json.dumps(ack) + "\n")
 
 
-def run(workspace: Path, *, check_every: float = 0.05) -> None:
-    """Run all daemons configured on the instance (``DAGSTER_HOME``) until interrupted."""
+def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text") -> None:
+    """Run all daemons configured on the instance (``DAGSTER_HOME``) until interrupted.
+
+    ``log_format`` "json" makes Dagster's own daemon log lines JSON too."""
     write_ack(workspace, None)  # first: the runner waits for a daemon that is starting
     from dagster import DagsterInstance
     from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -90,7 +92,9 @@ def run(workspace: Path, *, check_every: float = 0.05) -> None:
         with capture_interrupts(), DagsterInstance.get() as instance:
             loaded = file_digest(workspace)  # read before loading: a later write reloads
             with daemon_controller_from_instance(
-                instance, workspace_load_target=WorkspaceFileTarget(paths=[str(workspace)])
+                instance,
+                workspace_load_target=WorkspaceFileTarget(paths=[str(workspace)]),
+                log_format="json" if log_format == "json" else "colored",
             ) as controller:
                 context = controller._workspace_process_context
                 write_ack(workspace, loaded)

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -103,8 +104,11 @@ class EnvStore:
         """A metadata-only copy of the script: what ``uv sync --script`` reads."""
         return self.root / ".scripts" / f"{key[:32]}.py"
 
-    def build(self, spec: EnvSpec) -> Env:
-        """Build the environment for ``spec`` unless it exists; raise :class:`BuildError`."""
+    def build(self, spec: EnvSpec, progress: Callable[[str], None] = lambda text: None) -> Env:
+        """Build the environment for ``spec`` unless it exists; raise :class:`BuildError`.
+
+        ``progress`` hears what the build is doing, from uv's own summary lines, as it goes.
+        """
         existing = self.get(spec)
         if existing is not None:
             return existing
@@ -115,6 +119,7 @@ class EnvStore:
         env = _uv_env()
         started = time.monotonic()
         try:
+            progress("finding a Python interpreter")
             python = self._find_python(meta_script, spec, env)
             env["VIRTUAL_ENV"] = str(staging)
             self._uv(
@@ -122,10 +127,12 @@ class EnvStore:
                 env,
                 cwd=meta_script.parent,
             )
+            progress("resolving dependencies")
             self._uv(
                 ["sync", "--script", str(meta_script), "--active", "--no-progress"],
                 env,
                 cwd=meta_script.parent,
+                on_line=lambda line: _report(line, progress),
             )
             final = self.path(spec.key)
             try:
@@ -156,14 +163,34 @@ class EnvStore:
                 f"no Python interpreter here satisfies requires-python = {wanted!r}.{hint}\n{exc}"
             ) from None
 
-    def _uv(self, args: list[str], env: dict[str, str], *, cwd: Path) -> str:
+    def _uv(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        on_line: Callable[[str], None] | None = None,
+    ) -> str:
+        """Run uv; its output, or :class:`BuildError`. ``on_line`` streams its lines (merged
+        stdout and stderr) as they come."""
+        streamed = on_line is not None
         proc = process.spawn(
-            [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+            [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if streamed else subprocess.PIPE,
+        )  # fmt: skip
         with self._lock:
             self._running.add(proc)
         try:
-            out, err = proc.communicate()
+            if streamed:
+                assert proc.stdout is not None
+                lines = []
+                for raw in proc.stdout:
+                    lines.append(raw)
+                    on_line(raw.decode(errors="replace").rstrip())
+                proc.wait()
+                out, err = b"".join(lines), None
+            else:
+                out, err = proc.communicate()
         finally:
             with self._lock:
                 self._running.discard(proc)
@@ -194,6 +221,22 @@ def _uv_env() -> dict[str, str]:
     env.setdefault("UV_PYTHON_DOWNLOADS", "never")
     env["NO_COLOR"] = "1"
     return env
+
+
+#: uv's summary line after each phase, and what the build does next.
+_PHASES = {
+    "Resolved": "resolved {}; downloading",
+    "Prepared": "downloaded {}; installing",
+    "Installed": "installed {}; compiling bytecode",
+    "Bytecode compiled": "compiled {}",
+}
+
+
+def _report(line: str, progress: Callable[[str], None]) -> None:
+    for word, text in _PHASES.items():
+        if line.startswith(word + " "):
+            counted = line[len(word) + 1 :].split(" in ")[0]  # "57 packages"
+            progress(text.format(counted))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -59,6 +59,10 @@ class Location:
     retry_digest: str | None = None  # this version is retried (crash, unreachable index)...
     retry_at: float | None = None  # ...at this time
     attempts: int = 0  # consecutive crashes or transient failures, for the backoff
+    # For ``python -m runner status`` (wall-clock times):
+    last_loaded: float | None = None  # a version last loaded without error
+    last_error: SerializableErrorInfo | None = None  # kept after recovery
+    last_error_at: float | None = None
 
     def backoff(self, *, base: float, cap: float) -> float:
         return min(cap, base * 2 ** max(0, self.attempts - 1))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import daemon, workspace
+from . import daemon, metrics, workspace
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Publisher:
         if self.webserver_url and not self._reload_webserver(version, entries):
             return
         self.published = version
+        metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
         log.info(
             "workspace v%d published: %d location(s); daemon %.2fs, webserver %.2fs",
             version,

@@ -62,7 +62,8 @@ class ScanResult:
     # Files a local writer has finished that are not yet stable: they may be prepared
     # (env, server) ahead of time, but not published until they are in ``desired``.
     early: dict[str, Desired] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)  # relpaths waiting to become stable
+    # Relpaths of possible locations waiting to become stable (helper modules left out).
+    pending: list[str] = field(default_factory=list)
     next_due: float | None = None  # monotonic time the next pending file may become stable
 
 
@@ -126,7 +127,8 @@ class Scanner:
                 if now >= due:
                     self._admit(relpath, seen)
                 else:
-                    result.pending.append(relpath)
+                    if seen.admitted is None or seen.result is not None:  # not a known helper
+                        result.pending.append(relpath)
                     result.next_due = due if result.next_due is None else min(result.next_due, due)
                     if self._written.get(relpath) == signature:
                         seen.early = self._read(relpath)

@@ -28,6 +28,7 @@ from pathlib import Path
 from dagster._utils.error import SerializableErrorInfo
 
 from . import env as envs
+from . import metrics, script
 from . import server as servers
 from .errors import ErrorServer, error_info, summarize
 from .instance import open_instance
@@ -35,6 +36,7 @@ from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove
 from .process import describe_exit
 from .publish import Publisher
 from .scan import Desired, LocationSpec, Scanner
+from .status import STATES, STATUS_NAME, Board, FileStatus
 from .workspace import STATIC_NAME, Entry, Static, StaticSource
 
 log = logging.getLogger(__name__)
@@ -100,22 +102,27 @@ class _ServerDone:
     gen: Generation
     load_error: SerializableErrorInfo | None
     error: str | None
+    seconds: float  # from spawn to ready (or to the failure)
 
 
 @dataclass(frozen=True)
 class _Stopped:
-    env_key: str | None
+    item: _Retiring
 
 
 Message = _Wake | _Written | _EnvDone | _ServerDone | _Stopped
 
 
-@dataclass
+@dataclass(eq=False)
 class _Retiring:
     server: Served
-    env_key: str | None
+    gen: Generation | None  # None: an error server
     since: float  # when it was retired (the supervisor's clock)
     after_version: int | None = None  # stop once this workspace version is published
+
+    @property
+    def env_key(self) -> str | None:
+        return self.gen.env.key if self.gen is not None else None
 
 
 class Supervisor:
@@ -142,6 +149,12 @@ class Supervisor:
         self._build_pool = ThreadPoolExecutor(settings.max_parallel_builds, "build")
         self._io_pool = ThreadPoolExecutor(64, "server-io")
         self._retiring: list[_Retiring] = []
+        self._stopping_now: list[_Retiring] = []  # handed to a worker to stop
+        self._progress: dict[str, str] = {}  # env key -> what its build is doing
+        self._build_logged: dict[str, float] = {}  # env key -> when we last said so
+        self._pending: list[str] = []  # relpaths waiting to become stable
+        self.board = Board(settings.workspace_path.parent / STATUS_NAME,
+                           share=settings.code_dir.parent)  # fmt: skip
         self._stopping_envs: Counter[str] = Counter()  # env keys of servers being stopped
         self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
@@ -180,7 +193,7 @@ class Supervisor:
                 now = self.clock()
                 if now >= next_scan or (due is not None and now >= due) or self._woken:
                     scan = self.scanner.scan(now)
-                    self._desired, due = scan.desired, scan.next_due
+                    self._desired, due, self._pending = scan.desired, scan.next_due, scan.pending
                     next_scan = now + self.settings.rescan_every
                     self._woken = False
                     reserved = self._reserved()
@@ -191,6 +204,7 @@ class Supervisor:
                 self._reap()
                 self._publish()
                 self._retire_due()
+                self._report()
                 wake_at = min(t for t in (next_scan, due, self._next_retry()) if t is not None)
                 self._drain(timeout=max(0.0, wake_at - self.clock()))
         finally:
@@ -218,9 +232,11 @@ class Supervisor:
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
             self._on_server(msg)
-        elif isinstance(msg, _Stopped) and msg.env_key is not None:
-            self._stopping_envs[msg.env_key] -= 1
-            self._collect_envs()
+        elif isinstance(msg, _Stopped):
+            self._stopping_now.remove(msg.item)
+            if msg.item.env_key is not None:
+                self._stopping_envs[msg.item.env_key] -= 1
+                self._collect_envs()
 
     # -- actions --------------------------------------------------------------------------
 
@@ -239,6 +255,7 @@ class Supervisor:
             loc = self.locations.setdefault(spec_error.name, Location(spec_error.name))
             self._abandon_next(loc)
             log.error("%s: %s: %s", spec_error.name, spec_error.relpath, spec_error.message)
+            metrics.FAILURES.labels(stage="spec").inc()
             self._record_failure(
                 loc, spec_error.digest, error_info(f"{spec_error.relpath}: {spec_error.message}")
             )
@@ -261,13 +278,18 @@ class Supervisor:
             log.info("building env %s for %s%s", env_spec.short, spec.name,
                      added if env_spec.added else "")  # fmt: skip
             self._builds[env_spec.key] = self.clock()
+            self._progress[env_spec.key] = "queued"
             self._build_pool.submit(self._build, env_spec)
 
     def _build(self, env_spec: envs.EnvSpec) -> None:
         started = time.monotonic()
         env, error = None, None
+
+        def progress(text: str) -> None:
+            self._progress[env_spec.key] = text  # read by the loop for status
+
         try:
-            env = self.store.build(env_spec)
+            env = self.store.build(env_spec, progress)
         except envs.BuildError as exc:
             error = exc
         except Exception as exc:
@@ -277,8 +299,11 @@ class Supervisor:
 
     def _on_env(self, msg: _EnvDone) -> None:
         self._builds.pop(msg.key, None)
+        self._progress.pop(msg.key, None)
+        self._build_logged.pop(msg.key, None)
         if msg.env is not None:
             log.info("built env %s in %.1fs", msg.key[:12], msg.seconds)
+            metrics.ENV_BUILD_SECONDS.observe(msg.seconds)
         for loc in list(self.locations.values()):
             gen = loc.next
             if gen is None or gen.env.key != msg.key or gen.server is not None:
@@ -290,6 +315,7 @@ class Supervisor:
                 self._fail(loc, gen, f"the package index could not be reached:\n{msg.error}",
                            transient=True)  # fmt: skip
             else:
+                metrics.FAILURES.labels(stage="env").inc()
                 self._fail(loc, gen, f"could not build the environment:\n{msg.error}")
 
     def _spawn(self, loc: Location, env: envs.Env) -> None:
@@ -311,14 +337,15 @@ class Supervisor:
         self._io_pool.submit(self._wait_ready, loc.name, gen, server)
 
     def _wait_ready(self, name: str, gen: Generation, server: servers.CodeServer) -> None:
+        load_error, error = None, None
         try:
             load_error = server.wait_ready(timeout=self.settings.start_timeout)
         except servers.StartError as exc:
-            self.inbox.put(_ServerDone(name, gen, None, str(exc)))
+            error = str(exc)
         except Exception as exc:
-            self.inbox.put(_ServerDone(name, gen, None, f"unexpected error: {exc}"))
-        else:
-            self.inbox.put(_ServerDone(name, gen, load_error, None))
+            error = f"unexpected error: {exc}"
+        seconds = time.monotonic() - server.started
+        self.inbox.put(_ServerDone(name, gen, load_error, error, seconds))
 
     def _on_server(self, msg: _ServerDone) -> None:
         loc = self.locations.get(msg.name)
@@ -326,8 +353,12 @@ class Supervisor:
         if loc is None or loc.next is not gen:
             return  # superseded or removed meanwhile; its server is already retiring
         if msg.error is not None:
+            metrics.FAILURES.labels(stage="start").inc()
             self._fail(loc, gen, msg.error)
             return
+        metrics.SERVER_START_SECONDS.observe(msg.seconds)
+        if msg.load_error is not None:
+            metrics.FAILURES.labels(stage="load").inc()
         if msg.load_error is not None and self._serves_well(loc) and self.settings.keep_last_good:
             # Dagster's own error for the new version; the last good one keeps serving.
             self._fail(loc, gen, msg.load_error)
@@ -349,6 +380,10 @@ class Supervisor:
                  getattr(gen.server, "pid", 0), self.clock() - gen.started)  # fmt: skip
         old = loc.current
         loc.current, loc.next = gen, None
+        if gen.load_error is None:
+            loc.last_loaded = time.time()
+        else:
+            loc.last_error, loc.last_error_at = gen.load_error, time.time()
         loc.failed_digest = loc.retry_digest = loc.retry_at = None
         self._set_error(loc, None)
         if old is not None:
@@ -418,6 +453,7 @@ class Supervisor:
             reason = f"the code server (pid {pid}) {describe_exit(code)}"
             log.error("%s: %s; restarting in %.0fs (attempt %d)", loc.name, reason, delay,
                       loc.attempts)  # fmt: skip
+            metrics.RESTARTS.inc()
             self._set_error(loc, error_info(
                 f"{gen.spec.relpath}: {reason}; restarting in {delay:.0f}s (attempt {loc.attempts})"
             ))  # fmt: skip
@@ -444,6 +480,8 @@ class Supervisor:
             self._retiring.append(_Retiring(loc.error_server, None, self.clock()))
             loc.error_server = None
         loc.error = info
+        if info is not None:
+            loc.last_error, loc.last_error_at = info, time.time()
         if info is not None and loc.error_server is None:
             try:
                 loc.error_server = ErrorServer(loc.name, info, host=self.settings.host)
@@ -477,15 +515,74 @@ class Supervisor:
             if item.after_version is None:
                 item.after_version = version
 
+    # -- what operators see --------------------------------------------------------------
+
+    def _report(self) -> None:
+        """Status file and metrics; a line in the log for builds that take a while."""
+        rows = self._rows()
+        self.board.update(rows)
+        metrics.count_states((row.state for row in rows), STATES)
+        now = self.clock()
+        for key, started in self._builds.items():
+            if now - self._build_logged.get(key, started) >= 15:
+                self._build_logged[key] = now
+                waiting = [loc.name for loc in self.locations.values()
+                           if loc.next is not None and loc.next.env.key == key]  # fmt: skip
+                log.info("env %s (for %s) still building after %.0fs: %s", key[:12],
+                         ", ".join(waiting) or "-", now - started,
+                         self._progress.get(key))  # fmt: skip
+
+    def _rows(self) -> list[FileStatus]:
+        rows = [self._row(loc) for loc in self.locations.values()]
+        for item in self._retiring + self._stopping_now:
+            if item.gen is not None and item.gen.server is not None:
+                rows.append(FileStatus(
+                    file=item.gen.spec.relpath, location=item.gen.spec.name, state="retiring",
+                    env=item.gen.env.short, env_path=str(self.store.path(item.gen.env.key)),
+                    port=item.server.port, pid=getattr(item.server, "pid", None),
+                ))  # fmt: skip
+        for relpath in self._pending:
+            name = script.location_name(relpath)
+            if name not in self.locations:
+                rows.append(FileStatus(file=relpath, location=name, state="waiting-for-stable"))
+        return rows
+
+    def _row(self, loc: Location) -> FileStatus:
+        cur, nxt = loc.current, loc.next
+        serving = cur is not None and cur.alive()
+        error = loc.error or (cur.load_error if serving and cur is not None else None)
+        progress = None
+        if nxt is not None:
+            if nxt.server is None:
+                state, progress = "building-env", self._progress.get(nxt.env.key)
+            else:
+                state = "starting" if not nxt.ready else "waiting-for-stable"
+        elif error is not None:
+            state = "failed"
+        else:
+            state = "serving" if serving else "starting"
+        gen = nxt or cur
+        server = (cur.server if serving and cur is not None else None) or (nxt and nxt.server)
+        desired = self._desired.get(loc.name)
+        relpath = gen.spec.relpath if gen else desired.relpath if desired else ""
+        return FileStatus(
+            file=relpath, location=loc.name, state=state,
+            env=gen.env.short if gen else None,
+            env_path=str(self.store.path(gen.env.key)) if gen else None,
+            port=server.port if server else None, pid=getattr(server, "pid", None),
+            serving=serving, progress=progress,
+            error=error.to_string() if error else None,
+            last_error=loc.last_error.to_string() if loc.last_error else None,
+            last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
+        )  # fmt: skip
+
     # -- retiring and cleanup ------------------------------------------------------------
 
     def _retire(self, gen: Generation, *, immediately: bool = False) -> None:
         """Stop ``gen``'s server once no published workspace points at it."""
         if gen.server is None:
             return
-        self._retiring.append(
-            _Retiring(gen.server, gen.env.key, self.clock(), 0 if immediately else None)
-        )
+        self._retiring.append(_Retiring(gen.server, gen, self.clock(), 0 if immediately else None))
         self._stopping_envs[gen.env.key] += 1
 
     def _retire_due(self) -> None:
@@ -497,6 +594,7 @@ class Supervisor:
             # A webserver that stays unreachable must not keep old servers forever.
             overdue = self.clock() - item.since > 120
             if published or overdue:
+                self._stopping_now.append(item)
                 self._io_pool.submit(self._stop_server, item)
             else:
                 keep.append(item)
@@ -506,7 +604,7 @@ class Supervisor:
         try:
             item.server.stop(grace=self.settings.retire_grace)
         finally:
-            self.inbox.put(_Stopped(item.env_key))
+            self.inbox.put(_Stopped(item))
 
     def _collect_envs(self) -> None:
         """Delete environments this runner used and nothing uses any more."""
@@ -524,6 +622,7 @@ class Supervisor:
             self._used_envs.discard(key)
 
     def _shutdown(self) -> None:
+        last_known = self._rows()
         self.publisher.stop()
         live: list[Served] = [item.server for item in self._retiring]
         for loc in self.locations.values():
@@ -551,6 +650,7 @@ class Supervisor:
         self.store.cancel_builds()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
         self._build_pool.shutdown(wait=False, cancel_futures=True)
+        self.board.update(last_known, stopped=True)
 
 
 def _stop_now(server: Served, grace: float, terminate: Callable[[str], object] | None) -> None:

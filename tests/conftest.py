@@ -32,3 +32,11 @@ def service(
         if svc.proc.poll() is None:
             svc.kill()
         print(f"--- service log ({svc.log_path}) ---\n" + svc.log_text()[-20000:])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

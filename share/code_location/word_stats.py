@@ -4,9 +4,8 @@
 # ///
 """An asset that needs a package the runner itself does not have, and a sensor."""
 
-import humanize
-
 import dagster as dg
+import humanize
 
 
 @dg.asset

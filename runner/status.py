@@ -1,0 +1,187 @@
+"""What the runner is doing, per file: kept in a file beside workspace.yaml, read by
+``python -m runner status``.
+
+A file (not a socket) so that it works wherever the share is mounted: another container, an
+operator's shell. The runner rewrites it when anything changes and at least every
+``HEARTBEAT_EVERY`` seconds; a heartbeat older than ``STALE_AFTER``, or a pid that is gone,
+means no runner is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .workspace import write_if_changed
+
+STATUS_NAME = ".runner-status.json"
+HEARTBEAT_EVERY = 5.0
+STALE_AFTER = 20.0
+STATES = ("waiting-for-stable", "building-env", "starting", "serving", "failed", "retiring")
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """One file the runner knows (or one server still finishing the runs of an old version)."""
+
+    file: str  # path relative to code_location/
+    location: str
+    state: str  # one of STATES
+    env: str | None = None  # environment key (short)
+    env_path: str | None = None
+    port: int | None = None  # of the server the workspace points at
+    pid: int | None = None
+    serving: bool = False  # a server answers for this location (perhaps the last good one)
+    progress: str | None = None  # what a build in progress is doing
+    error: str | None = None  # why it failed, in full, while it is failed
+    last_error: str | None = None  # the most recent error, kept after recovery
+    last_error_at: float | None = None
+    last_loaded: float | None = None  # when a version last loaded without error
+    since: float = 0.0  # when it entered ``state``
+
+
+class Board:
+    """Keeps ``since`` per row and writes the snapshot when it changes (and as a heartbeat)."""
+
+    def __init__(self, path: Path, *, share: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._since: dict[tuple[str, str, int | None], tuple[str, float]] = {}
+        self._head = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "share": str(share),
+            "started": _iso(clock()),
+        }
+        self._written: tuple[Any, float] | None = None
+        self.rows: list[FileStatus] = []
+
+    def update(self, rows: Iterable[FileStatus], *, stopped: bool = False) -> None:
+        now = self.clock()
+        since, out = {}, []
+        for row in rows:
+            key = (row.file, row.location, row.pid if row.state == "retiring" else None)
+            state, at = self._since.get(key, (row.state, now))
+            if state != row.state:
+                at = now
+            since[key] = (row.state, at)
+            out.append(replace(row, since=at))
+        self._since, self.rows = since, sorted(out, key=lambda r: (r.location, r.state))
+        body = [_jsonable(r) for r in self.rows]
+        if (
+            stopped
+            or self._written is None
+            or self._written[0] != body
+            or now - self._written[1] >= HEARTBEAT_EVERY
+        ):
+            head = {**self._head, "heartbeat": now, "stopped": _iso(now) if stopped else None}
+            write_if_changed(self.path, json.dumps({**head, "files": body}, indent=1) + "\n")
+            self._written = (body, now)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def _jsonable(row: FileStatus) -> dict[str, Any]:
+    data = asdict(row)
+    for key in ("since", "last_loaded", "last_error_at"):
+        data[key] = _iso(data[key])
+    return data
+
+
+# --- reading it -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    data: dict[str, Any]
+    running: bool
+    why_not: str | None  # why the runner is not running, when it is not
+
+
+def read(path: Path, *, now: float | None = None) -> Snapshot | None:
+    """The last snapshot a runner wrote, and whether that runner is still running."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    now = time.time() if now is None else now
+    age = now - float(data.get("heartbeat", 0))
+    if data.get("stopped"):
+        why = f"it stopped at {data['stopped']}"
+    elif data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0))):
+        why = f"its process (pid {data.get('pid')}) is gone"
+    elif age > STALE_AFTER:
+        why = f"it has not written since {_iso(float(data.get('heartbeat', 0)))} ({age:.0f}s ago)"
+    else:
+        why = None
+    return Snapshot(data, why is None, why)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def render(snapshot: Snapshot, *, now: float | None = None) -> str:
+    """A table a person reads at a glance, then every error in full."""
+    data, now = snapshot.data, time.time() if now is None else now
+    who = f"runner pid {data.get('pid')} on {data.get('host')}, share {data.get('share')}"
+    lines = [
+        f"running: {who}, since {data.get('started')}"
+        if snapshot.running
+        else f"NOT RUNNING: the last runner ({who}) is not running: {snapshot.why_not}. "
+        "Its last known state:"
+    ]
+    files = data.get("files", [])
+    if not files:
+        lines.append("no files in code_location/ yet")
+        return "\n".join(lines) + "\n"
+    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "ENV", "FILE")
+    table = [header]
+    for row in files:
+        state = row["state"]
+        if state == "failed" and row.get("serving"):
+            state += " (last good serving)"
+        table.append((
+            row["location"], state, _ago(row.get("since"), now),
+            str(row.get("port") or "-"), str(row.get("pid") or "-"),
+            (row.get("env") or "-")[:12], row["file"],
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+              for r in table]  # fmt: skip
+    for row in files:
+        if row.get("progress"):
+            lines.append(f"\n{row['location']}: {row['progress']}")
+        if row.get("error"):
+            lines.append(f"\n{row['location']} failed:\n" + _indent(row["error"].rstrip()))
+    return "\n".join(lines) + "\n"
+
+
+def _ago(iso: str | None, now: float) -> str:
+    if not iso:
+        return "-"
+    seconds = max(0, int(now - datetime.fromisoformat(iso).timestamp()))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

@@ -1,0 +1,122 @@
+"""``python -m runner status``, build progress, JSON logs and metrics, against the real service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from runner.server import free_port
+from runner.status import Board, FileStatus, read, render
+from tests.service import ROOT, asset_file, drop, running, wait_for
+
+
+def status(share: Path) -> tuple[int, dict[str, Any]]:
+    """What an operator's ``python -m runner status --json`` says, and its exit code."""
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "status", "--share", str(share), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.returncode, json.loads(out.stdout)
+
+
+def status_text(share: Path) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "status", "--share", str(share)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout
+
+
+def row(share: Path, location: str) -> dict[str, Any] | None:
+    _, data = status(share)
+    return next((r for r in data.get("files", []) if r["location"] == location), None)
+
+
+def wait_state(share: Path, location: str, state: str, **options: Any) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        found = row(share, location)
+        return found if found and found["state"] == state else None
+
+    return wait_for(f"status to say {location} is {state}", check, **options)
+
+
+@pytest.mark.slow
+def test_status_metrics_and_json_logs_follow_the_service(tmp_path: Path) -> None:
+    share, metrics_port = tmp_path / "share", free_port("127.0.0.1")
+    code, data = status(share)
+    assert code == 3 and not data["running"] and "no runner has run" in data["why"]
+
+    env = {"RUNNER_METRICS": str(metrics_port), "RUNNER_LOG_FORMAT": "json"}
+    with running(share, tmp_path / "state", tmp_path / "service.log", env=env) as service:
+        drop(service.code_dir / "good.py", asset_file(["a"]))
+        service.wait_loaded("good")
+        good = wait_state(share, "good", "serving")
+        assert good["pid"] == service.server_pids("good")[-1] and good["port"] > 0
+        assert good["file"] == "good.py" and good["env"] and Path(good["env_path"]).is_dir()
+        assert good["last_loaded"] and good["error"] is None
+
+        # A new dependency set: the build is seen in progress, with what uv is doing.
+        drop(
+            service.code_dir / "dep.py",
+            asset_file(["b"], extra_meta='# requires-python = ">=3.11"\n'),
+        )
+        building = wait_state(share, "dep", "building-env", every=0.1)
+        assert building["env"] and building["pid"] is None and building["progress"]
+        service.wait_loaded("dep")
+
+        drop(service.code_dir / "broken.py", asset_file(["c"]) + "\nraise ValueError('no way')\n")
+        broken = wait_state(share, "broken", "failed")
+        assert "ValueError: no way" in broken["error"] and 'broken.py", line' in broken["error"]
+        text = status_text(share)
+        assert text.startswith("running: runner pid")
+        assert "good" in text and "serving" in text and "ValueError: no way" in text
+
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'runner_locations{state="serving"} 2.0' in metrics, metrics
+        assert 'runner_locations{state="failed"} 1.0' in metrics
+        assert "runner_env_build_seconds_count 2.0" in metrics  # good's env, then dep's
+        assert 'runner_failures_total{stage="load"} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics
+
+        runner_lines = [json.loads(line) for line in service.log_text().splitlines()
+                        if line.startswith("{") and '"role": "runner"' in line]  # fmt: skip
+        assert any("serving good on port" in line["message"] for line in runner_lines)
+        assert all({"time", "level", "message"} <= set(line) for line in runner_lines)
+
+    code, data = status(share)
+    assert code == 3 and not data["running"] and "stopped at" in data["why"]
+    assert "NOT RUNNING" in status_text(share)
+
+
+# --- the snapshot itself (no processes) ---------------------------------------------------
+
+
+def test_since_is_kept_while_the_state_stays_and_reset_when_it_changes(tmp_path: Path) -> None:
+    now = [1000.0]
+    board = Board(tmp_path / "s.json", share=tmp_path, clock=lambda: now[0])
+    board.update([FileStatus("a.py", "a", "starting")])
+    now[0] = 1005.0
+    board.update([FileStatus("a.py", "a", "starting", pid=7)])
+    assert board.rows[0].since == 1000.0
+    now[0] = 1010.0
+    board.update([FileStatus("a.py", "a", "serving", pid=7, port=4000)])
+    assert board.rows[0].since == 1010.0
+    snap = read(tmp_path / "s.json", now=1011.0)
+    assert snap is not None and snap.running
+    assert "a.py" in render(snap, now=1011.0) and "serving" in render(snap, now=1011.0)
+
+
+def test_a_runner_that_stopped_writing_is_reported_not_running(tmp_path: Path) -> None:
+    board = Board(tmp_path / "s.json", share=tmp_path, clock=lambda: 1000.0)
+    board.update([FileStatus("a.py", "a", "failed", error="Traceback...\nValueError: x")])
+    snap = read(tmp_path / "s.json", now=1000.0 + 60)
+    assert snap is not None and not snap.running and "60s ago" in (snap.why_not or "")
+    text = render(snap, now=time.time())
+    assert text.startswith("NOT RUNNING") and "ValueError: x" in text
