@@ -55,7 +55,7 @@ def role_command(role: str, args: argparse.Namespace, where: paths.Layout) -> li
     py = sys.executable
     if role == "webserver":
         fmt = ["--log-format", "json"] if args.log_format == "json" else []
-        return [py, "-m", "dagster_webserver", "-h", args.host, "-p", str(args.port),
+        return [py, "-m", "runner", "webserver", "-h", args.host, "-p", str(args.port),
                 "-w", str(where.workspace), *fmt]  # fmt: skip
     if role == "daemon":
         return [py, "-m", "runner", "daemon", "--share", str(where.share)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,71 @@ def row(label: str, values: list[float], unit: str = "s") -> str:
 
 def header(title: str) -> str:
     return f"{title}\n  {'':<48}{'median':>9}{'min':>9}{'max':>9}"
+
+
+MIB = 1024 * 1024
+
+
+def tree(roots: list[psutil.Process]) -> list[psutil.Process]:
+    """``roots`` and all their descendants that are alive now."""
+    out = []
+    for root in roots:
+        try:
+            out += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def pss(procs: list[psutil.Process]) -> int:
+    """Proportional set size: shared pages split among their users, so sums are honest."""
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class PeakMemory:
+    """Samples the summed PSS of some process trees every ``every`` seconds, in a thread."""
+
+    def __init__(self, roots: list[psutil.Process], every: float = 1.0) -> None:
+        self.roots, self.every = roots, every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, pss(tree(self.roots)))
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -82,7 +82,7 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     from .watch import watch
 
-    with watch(settings.code_dir, supervisor.wake, supervisor.written, mode=args.watch):
+    with watch(settings.code_dir, supervisor.changed, supervisor.written, mode=args.watch):
         supervisor.run()
 
 
@@ -95,6 +95,17 @@ def _daemon(args: argparse.Namespace) -> None:
     paths.export_instance_env(where)
     ensure_exists(where.workspace)
     daemon.run(where.workspace, log_format=args.log_format)
+
+
+def _webserver(args: argparse.Namespace) -> None:
+    from dagster_webserver.cli import cli as webserver
+
+    from . import reload
+
+    reload.patch_webserver()
+    webserver(
+        args=args.options, prog_name="dagster-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER"
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -176,6 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     daemon.add_argument("--share", help="folder holding dagster_home/")
     daemon.set_defaults(func=_daemon)
 
+    webserver = sub.add_parser(
+        "webserver", add_help=False,
+        help="Dagster's webserver, loading only what changed when workspace.yaml is reloaded; "
+        "its options are dagster-webserver's",
+    )  # fmt: skip
+    webserver.set_defaults(func=_webserver)
+
     status = sub.add_parser(
         "status", help="what the runner on this share is doing, per file (exit 3: not running)"
     )
@@ -183,7 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=_status)
 
-    args = parser.parse_args(argv)
-    name = "daemon" if args.command == "daemon" else "runner"
+    args, options = parser.parse_known_args(argv)
+    if args.command == "webserver":
+        args.options = options  # dagster-webserver's own
+    elif options:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    name = args.command if args.command in ("daemon", "webserver") else "runner"
     setup_logging(args.log_level, name=name, fmt=args.log_format)
     sys.exit(args.func(args) or 0)

@@ -3,14 +3,14 @@
 Runs launched from the UI are queued and dequeued *by the daemon*; a run for a location the
 daemon has not loaded fails at once. Stock ``dagster-daemon run`` re-reads workspace.yaml
 only every 60 s (``RELOAD_WORKSPACE_INTERVAL``), so this module runs the same controller
-with its own check loop: every second it looks at workspace.yaml, refreshes the controller's
-workspace when the file changed, and records the digest it has loaded in an acknowledgement
+with its own check loop: every 50 ms it looks at workspace.yaml, loads what changed in it
+(see ``reload``) when the file changed, and records the digest it has loaded in an acknowledgement
 file beside workspace.yaml. The runner reloads the webserver only once the daemon has
 acknowledged the new version, so a location visible in the UI can always be run.
 
 This leans on Dagster internals (``daemon_controller_from_instance`` and the controller's
 ``_workspace_process_context``); the Dagster version is pinned in pyproject.toml and
-``tests/test_daemon_internals.py`` fails loudly if they move.
+``tests/test_daemon.py`` fails loudly if they move.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text")
     )
     from dagster._utils.interrupts import capture_interrupts, raise_interrupts_as
 
+    from . import reload
+
     try:
         with capture_interrupts(), DagsterInstance.get() as instance:
             loaded = file_digest(workspace)  # read before loading: a later write reloads
@@ -110,12 +112,13 @@ def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text")
                         current = file_digest(workspace)
                         if current != loaded or now - last_refresh > RELOAD_WORKSPACE_INTERVAL:
                             started = time.monotonic()
-                            context.refresh_workspace()  # catches and records load errors
+                            # Load errors are caught and recorded on their entries.
+                            outcome = reload.refresh_changed(context, reload=False)
                             if current != loaded:
-                                log.info(
-                                    "loaded the new workspace in %.2fs",
-                                    time.monotonic() - started,
-                                )
+                                log.info("loaded the new workspace in %.2fs: %d loaded, %d "
+                                         "kept, %d removed", time.monotonic() - started,
+                                         len(outcome.loaded), outcome.kept,
+                                         outcome.removed)  # fmt: skip
                             loaded, last_refresh = current, time.monotonic()
                             write_ack(workspace, loaded)
                             last_beat = last_refresh

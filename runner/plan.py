@@ -21,6 +21,7 @@ class Served(Protocol):
     """A process or in-process server that a workspace entry can point at."""
 
     port: int
+    server_id: str
 
     def exited(self) -> int | None: ...
 
@@ -35,6 +36,7 @@ class Generation:
     env: envs.EnvSpec
     started: float
     server: Served | None = None
+    spawned: float | None = None  # monotonic time its server was started
     ready: bool = False  # answered and loaded; served once its file is stable
     load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
 

@@ -15,6 +15,7 @@ workspace. Failures are kept on the location and shown in the UI (see ``errors``
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
@@ -47,6 +48,10 @@ FAILED_SUFFIX = "~new-version-failed"
 #: Suffix of the entry that explains why a file whose name the static workspace uses is
 #: not served.
 COLLISION_SUFFIX = "~name-collision"
+#: Full rescans use at most this share of one core; on a large share they come less often.
+SCAN_CPU_SHARE = 0.01
+#: Seconds a starting server holds its start slot at most.
+SLOT_HELD_FOR = 15.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Settings:
     #: it); False shows the failure in place of the location.
     keep_last_good: bool = True
     max_parallel_builds: int = 2
+    #: Servers starting at once (see ``_start_queued``).
+    max_parallel_starts: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     #: DAGSTER_HOME of the instance; None: the folder of workspace.yaml.
     instance_home: Path | None = None
     #: Packages every environment needs to open the instance (e.g. dagster-postgres).
@@ -80,7 +87,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class _Wake:
-    pass
+    rescan: bool  # files may have changed: rescan the share now
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,10 @@ class Supervisor:
         self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
         self._desired: Mapping[str, Desired] = {}
+        self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
+        self._queued: dict[str, tuple[Location, Generation, envs.Env]] = {}  # env ready
+        self._rescan_period = settings.rescan_every
+        self._rescan = True
         self._static_names: frozenset[str] = frozenset()
         self._stopping = threading.Event()
         self._woken = True
@@ -166,8 +177,12 @@ class Supervisor:
     # -- public -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the loop look at everything now (thread-safe; for file events and workers)."""
-        self.inbox.put(_Wake())
+        """Make the loop look at everything it holds now (thread-safe)."""
+        self.inbox.put(_Wake(rescan=False))
+
+    def changed(self) -> None:
+        """Something under the code folder changed: rescan it now (thread-safe)."""
+        self.inbox.put(_Wake(rescan=True))
 
     def written(self, path: str) -> None:
         """A file was closed after writing, or renamed into place (thread-safe)."""
@@ -187,25 +202,27 @@ class Supervisor:
         self.publisher.start()
         log.info("full rescan every %.0fs", self.settings.rescan_every)
         try:
-            next_scan = 0.0
-            due: float | None = None
+            next_scan, due = 0.0, None
             while not self._stopping.is_set():
                 now = self.clock()
-                if now >= next_scan or (due is not None and now >= due) or self._woken:
-                    scan = self.scanner.scan(now)
-                    self._desired, due, self._pending = scan.desired, scan.next_due, scan.pending
-                    next_scan = now + self.settings.rescan_every
+                if now >= next_scan or (due is not None and now >= due) or self._rescan:
+                    due = self._scan(now)
+                    next_scan = now + self._rescan_period
+                retry = self._next_retry()
+                if self._woken or (retry is not None and now >= retry):
                     self._woken = False
-                    reserved = self._reserved()
-                    for action in plan(scan.desired, self.locations, now, scan.early, reserved):
+                    for action in plan(self._desired, self.locations, now, self._early,
+                                       self._reserved()):  # fmt: skip
                         self._apply(action)
                     for loc in list(self.locations.values()):
                         self._promote(loc)
+                self._start_queued()
                 self._reap()
                 self._publish()
                 self._retire_due()
                 self._report()
-                wake_at = min(t for t in (next_scan, due, self._next_retry()) if t is not None)
+                later = now + 1.0 if self._queued else None  # a start slot may free up
+                wake_at = min(t for t in (next_scan, due, retry, later) if t is not None)
                 self._drain(timeout=max(0.0, wake_at - self.clock()))
         finally:
             self._shutdown()
@@ -226,8 +243,11 @@ class Supervisor:
 
     def _handle(self, msg: Message) -> None:
         self._woken = True
-        if isinstance(msg, _Written):
+        if isinstance(msg, _Wake):
+            self._rescan = self._rescan or msg.rescan
+        elif isinstance(msg, _Written):
             self.scanner.mark_written(msg.path)
+            self._rescan = True
         elif isinstance(msg, _EnvDone):
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
@@ -237,6 +257,26 @@ class Supervisor:
             if msg.item.env_key is not None:
                 self._stopping_envs[msg.item.env_key] -= 1
                 self._collect_envs()
+
+    def _scan(self, now: float) -> float | None:
+        """Rescan the share; return when a file waiting to become stable is due.
+
+        Rescans are what make the runner correct (events get lost, network shares send
+        none), but on a share of many files each costs real CPU: the period stretches so
+        that rescans use at most ``SCAN_CPU_SHARE`` of one core.
+        """
+        cpu = time.thread_time()
+        scan = self.scanner.scan(now)
+        cost = time.thread_time() - cpu
+        self._desired, self._early, self._pending = scan.desired, scan.early, scan.pending
+        self._rescan, self._woken = False, True
+        period = max(self.settings.rescan_every, cost / SCAN_CPU_SHARE)
+        stretched = period > self.settings.rescan_every * 1.25
+        if stretched != (self._rescan_period > self.settings.rescan_every * 1.25):
+            log.info("a full rescan costs %.0f ms of CPU: rescanning every %.1fs", cost * 1000,
+                     period)  # fmt: skip
+        self._rescan_period = period
+        return scan.next_due
 
     # -- actions --------------------------------------------------------------------------
 
@@ -270,7 +310,7 @@ class Supervisor:
         loc.retry_at = None
         built = self.store.get(env_spec)
         if built is not None:
-            self._spawn(loc, built)
+            self._queued[loc.name] = (loc, loc.next, built)
         elif env_spec.key in self._builds:
             log.info("%s waits for env %s, already building", spec.name, env_spec.short)
         else:
@@ -310,7 +350,7 @@ class Supervisor:
                 continue
             if msg.env is not None:
                 loc.attempts = 0
-                self._spawn(loc, msg.env)
+                self._queued[loc.name] = (loc, gen, msg.env)
             elif msg.error is not None and msg.error.transient:
                 self._fail(loc, gen, f"the package index could not be reached:\n{msg.error}",
                            transient=True)  # fmt: skip
@@ -318,9 +358,29 @@ class Supervisor:
                 metrics.FAILURES.labels(stage="env").inc()
                 self._fail(loc, gen, f"could not build the environment:\n{msg.error}")
 
-    def _spawn(self, loc: Location, env: envs.Env) -> None:
-        gen = loc.next
-        assert gen is not None
+    def _start_queued(self) -> None:
+        """Start servers whose environment is ready, a few at a time.
+
+        Servers starting together share the CPU (importing Dagster alone takes about 1.5 s
+        of it): fifty started at once all answer after a minute, a few at a time make the
+        first ones visible within seconds and the last ones no later. A server that takes
+        long to start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
+        """
+        now = time.monotonic()
+        starting = sum(
+            1
+            for loc in self.locations.values()
+            if (gen := loc.next) is not None and gen.server is not None and not gen.ready
+            and gen.spawned is not None and now - gen.spawned < SLOT_HELD_FOR
+        )  # fmt: skip
+        while self._queued and starting < self.settings.max_parallel_starts:
+            name = next(iter(self._queued))
+            loc, gen, env = self._queued.pop(name)
+            if self.locations.get(name) is loc and loc.next is gen:
+                self._spawn(loc, gen, env)
+                starting += 1
+
+    def _spawn(self, loc: Location, gen: Generation, env: envs.Env) -> None:
         try:
             server = servers.start(
                 location=loc.name,
@@ -331,7 +391,7 @@ class Supervisor:
         except OSError as exc:
             self._fail(loc, gen, f"could not start the code server: {exc}")
             return
-        gen.server = server
+        gen.server, gen.spawned = server, time.monotonic()
         self._used_envs.add(env.key)
         log.info("starting %s on port %d (pid %d)", loc.name, server.port, server.pid)
         self._io_pool.submit(self._wait_ready, loc.name, gen, server)
@@ -491,19 +551,25 @@ class Supervisor:
     def entries(self) -> list[Entry]:
         host, out = self.settings.advertise_host or self.settings.host, []
         for loc in self.locations.values():
-            error_port = loc.error_server.port if loc.error_server is not None else None
             current = loc.current
             if current is not None and current.server is not None and current.alive():
-                broken = current.load_error is not None
-                out.append(Entry(loc.name, host, current.server.port, expect_error=broken))
-                if error_port is not None:
-                    out.append(Entry(loc.name + FAILED_SUFFIX, host, error_port, True))
-            elif error_port is not None:
+                broken, file = current.load_error is not None, current.spec.relpath
+                out.append(Entry(loc.name, host, current.server.port, broken, file,
+                                 current.server.server_id))  # fmt: skip
+                if loc.error_server is not None:
+                    out.append(Entry(loc.name + FAILED_SUFFIX, host, loc.error_server.port, True,
+                                     file, loc.error_server.server_id))  # fmt: skip
+            elif loc.error_server is not None:
                 name = loc.name
                 if name in self._static_names:
                     name += COLLISION_SUFFIX
-                out.append(Entry(name, host, error_port, expect_error=True))
+                out.append(Entry(name, host, loc.error_server.port, True, self._file_of(loc),
+                                 loc.error_server.server_id))  # fmt: skip
         return sorted(out)
+
+    def _file_of(self, loc: Location) -> str:
+        gen, desired = loc.next or loc.current, self._desired.get(loc.name)
+        return gen.spec.relpath if gen else desired.relpath if desired else ""
 
     def _publish(self) -> None:
         entries, static = self.entries(), self.static.current
@@ -553,7 +619,9 @@ class Supervisor:
         error = loc.error or (cur.load_error if serving and cur is not None else None)
         progress = None
         if nxt is not None:
-            if nxt.server is None:
+            if nxt.server is None and self._queued.get(loc.name, (None, None))[1] is nxt:
+                state, progress = "starting", "waiting for a start slot"
+            elif nxt.server is None:
                 state, progress = "building-env", self._progress.get(nxt.env.key)
             else:
                 state = "starting" if not nxt.ready else "waiting-for-stable"
@@ -563,10 +631,8 @@ class Supervisor:
             state = "serving" if serving else "starting"
         gen = nxt or cur
         server = (cur.server if serving and cur is not None else None) or (nxt and nxt.server)
-        desired = self._desired.get(loc.name)
-        relpath = gen.spec.relpath if gen else desired.relpath if desired else ""
         return FileStatus(
-            file=relpath, location=loc.name, state=state,
+            file=self._file_of(loc), location=loc.name, state=state,
             env=gen.env.short if gen else None,
             env_path=str(self.store.path(gen.env.key)) if gen else None,
             port=server.port if server else None, pid=getattr(server, "pid", None),

@@ -18,6 +18,11 @@ import yaml
 log = logging.getLogger(__name__)
 
 
+#: The key of a runner entry's ``additional_metadata`` naming the server it points at: the
+#: webserver and the daemon keep an unchanged entry's loaded copy (see ``reload``).
+SERVER_ID = "server_id"
+
+
 @dataclass(frozen=True, order=True)
 class Entry:
     """One ``grpc_server`` location in workspace.yaml."""
@@ -27,16 +32,22 @@ class Entry:
     port: int
     #: The runner knows this location reports a load error (not written to the file).
     expect_error: bool = False
+    file: str = ""  # the file on the share, shown with the location in the UI
+    server_id: str = ""  # the id of the server on ``port``
+
+
+def _grpc_server(entry: Entry) -> dict:
+    config: dict = {"host": entry.host, "port": entry.port, "location_name": entry.name}
+    if entry.server_id:
+        config["additional_metadata"] = {"file": entry.file, SERVER_ID: entry.server_id}
+    return {"grpc_server": config}
 
 
 def render(entries: list[Entry], static: Static | None = None) -> str:
     """The workspace.yaml text: the user's static entries unchanged, then ours (sorted, so
     equal sets give equal text)."""
     load_from = list(static.load_from) if static else []
-    load_from += [
-        {"grpc_server": {"host": e.host, "port": e.port, "location_name": e.name}}
-        for e in sorted(entries)
-    ]
+    load_from += [_grpc_server(e) for e in sorted(entries)]
     header = (
         "# Written by the code-location runner; edits here are overwritten.\n"
         f"# Add classic locations to {STATIC_NAME} beside this file instead.\n"

@@ -64,56 +64,13 @@ def wait_for(what: str, check: Callable[[], T], *, timeout: float = 120, every: 
     )
 
 
-class Service:
-    """``entrypoint.py`` on a temporary share and a free port."""
+class WebClient:
+    """Talks to a Dagster webserver over GraphQL, the way the UI does."""
 
-    def __init__(
-        self,
-        share: Path,
-        state_dir: Path,
-        *,
-        role: str = "all",
-        log: Path,
-        env: dict[str, str] | None = None,
-        host: str = "127.0.0.1",
-        prefix: tuple[str, ...] = (),
-    ) -> None:
-        self.share = share
-        self.port = free_port("127.0.0.1")
-        self.url = f"http://{host}:{self.port}"
-        extra_env, env = env, dict(os.environ)
-        for inherited in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL"):
-            env.pop(inherited, None)
-        env.pop("DAGSTER_WEBSERVER_URL", None)
-        env["RUNNER_STATE_DIR"] = str(state_dir)
-        env["UV_PYTHON_DOWNLOADS"] = "never"
-        env.update(extra_env or {})
-        self.log_path = log
-        self._log = open(log, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
-             "--host", host, "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self._seen: set[psutil.Process] = set()
-
-    @property
-    def code_dir(self) -> Path:
-        return self.share / "code_location"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def descendants(self) -> set[psutil.Process]:
-        """Every process started under the service so far (remembered, to check cleanup)."""
-        try:
-            self._seen |= set(psutil.Process(self.proc.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-        return self._seen
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.descendants()
         resp = requests.post(
             f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
         )
@@ -146,11 +103,6 @@ class Service:
             lambda: (e := self.error_of(name)) and contains in e and e,
             timeout=timeout,
         )
-
-    def server_pids(self, name: str) -> list[int]:
-        """Pids of the code servers the runner logged as serving ``name``, oldest first."""
-        pattern = rf"serving {re.escape(name)} on port \d+ \(pid (\d+)\)"
-        return [int(pid) for pid in re.findall(pattern, self.log_text())]
 
     def wait_loaded(self, name: str, timeout: float = 180) -> dict[str, Any]:
         def loaded() -> dict[str, Any] | None:
@@ -229,6 +181,64 @@ class Service:
         )
         events = data["logsForRun"].get("events", [])
         return "\n".join(f"{e['__typename']}: {e['message']}" for e in events)
+
+
+class Service(WebClient):
+    """``entrypoint.py`` on a temporary share and a free port."""
+
+    def __init__(
+        self,
+        share: Path,
+        state_dir: Path,
+        *,
+        role: str = "all",
+        log: Path,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        self.share = share
+        self.port = free_port("127.0.0.1")
+        super().__init__(f"http://{host}:{self.port}")
+        extra_env, env = env, dict(os.environ)
+        for inherited in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL"):
+            env.pop(inherited, None)
+        env.pop("DAGSTER_WEBSERVER_URL", None)
+        env["RUNNER_STATE_DIR"] = str(state_dir)
+        env["UV_PYTHON_DOWNLOADS"] = "never"
+        env.update(extra_env or {})
+        self.log_path = log
+        self._log = open(log, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
+             "--host", host, "--port", str(self.port)],
+            env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._seen: set[psutil.Process] = set()
+
+    @property
+    def code_dir(self) -> Path:
+        return self.share / "code_location"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def descendants(self) -> set[psutil.Process]:
+        """Every process started under the service so far (remembered, to check cleanup)."""
+        try:
+            self._seen |= set(psutil.Process(self.proc.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        return self._seen
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.descendants()  # remember what runs now, to check cleanup later
+        return super().graphql(query, variables)
+
+    def server_pids(self, name: str) -> list[int]:
+        """Pids of the code servers the runner logged as serving ``name``, oldest first."""
+        pattern = rf"serving {re.escape(name)} on port \d+ \(pid (\d+)\)"
+        return [int(pid) for pid in re.findall(pattern, self.log_text())]
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> float:
         """Signal the entrypoint; return how long it took to exit."""

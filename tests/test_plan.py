@@ -17,6 +17,8 @@ def spec(name: str, digest: str) -> LocationSpec:
 
 
 class FakeServer:
+    port, server_id = 4000, "fake"
+
     def __init__(self, exit_code: int | None = None) -> None:
         self.exit_code = exit_code
 

@@ -1,0 +1,470 @@
+"""Many locations on one machine: cold start, memory, latency and idle CPU, next to the same
+files served the usual hand-made way (one ``dagster code-server start`` per file).
+
+    uv run bench/scale.py [--files 50] [--sets 5] [--idle 60] [--share-files 10000]
+
+1. Warms the uv cache: builds each dependency set once in a scratch store, then drops it.
+2. Runner, cold start: FILES files (SETS distinct dependency sets) already on the share and
+   no environment built. Time from starting the entrypoint to every location LOADED in
+   GraphQL, peak memory of the whole service while it starts, memory per location at rest.
+3. With FILES locations serving: drop -> LOADED and edit -> new asset visible, medians.
+4. Idle CPU of the runner process (and of the whole service) over IDLE seconds; then again
+   with SHARE_FILES more files (helper modules in their own folders) on the share.
+5. Baseline, same files, same environments: one ``dagster code-server start`` per file;
+   once every server answers, a webserver and a daemon over a workspace.yaml listing them
+   (the order a careful hand-made setup needs). Same figures.
+
+Memory is PSS (proportional set size): pages shared between processes are split among
+them, so sums over processes are what the machine really spends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import psutil
+import yaml
+from common import MIB, PeakMemory, cpu_seconds, pss, tree
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._serdes import deserialize_value
+from dagster._utils.error import SerializableErrorInfo
+
+from runner import env as envs
+from runner import instance, process, script
+from runner.server import free_port
+from tests.service import ROOT, Service, WebClient, drop, wait_for
+
+#: Small real packages, one per dependency set beyond the first (distribution -> module).
+EXTRAS = {
+    "humanize": "humanize",
+    "tabulate": "tabulate",
+    "toolz": "toolz",
+    "more-itertools": "more_itertools",
+    "python-slugify": "slugify",
+    "wcwidth": "wcwidth",
+    "pyparsing": "pyparsing",
+}
+
+
+def dependency_sets(count: int) -> list[tuple[str, ...]]:
+    extras = list(EXTRAS)
+    return [()] + [(extras[i],) for i in range(count - 1)]
+
+
+def pipeline(index: int, deps: tuple[str, ...], revision: int = 0) -> str:
+    """A realistic small file: its dependencies imported, three assets, a job."""
+    listed = ", ".join(f'"{d}"' for d in ("dagster", *deps))
+    imports = "".join(f"import {EXTRAS[d]}  # noqa: F401\n" for d in deps)
+    names = [f"asset_{index}_{k}_r{revision}" for k in range(3)]
+    body = "".join(f"@dg.asset\ndef {n}() -> int:\n    return 1\n\n\n" for n in names)
+    return (
+        f'# /// script\n# requires-python = ">=3.11"\n# dependencies = [{listed}]\n# ///\n'
+        f"import dagster as dg\n{imports}\n\n{body}"
+        f"defs = dg.Definitions(assets=[{', '.join(names)}],\n"
+        f"                      jobs=[dg.define_asset_job('job_{index}')])\n"
+    )
+
+
+def loaded_names(client: WebClient) -> set[str]:
+    return {
+        name
+        for name, entry in client.locations().items()
+        if (entry.get("locationOrLoadError") or {}).get("__typename") == "RepositoryLocation"
+    }
+
+
+@dataclass
+class Startup:
+    first: float  # seconds from start to the first location LOADED
+    all: float  # ... to every location LOADED
+    peak_pss: int
+
+
+def wait_all_loaded(
+    client: WebClient, names: set[str], started: float, label: str
+) -> tuple[float, float]:
+    first: list[float] = []
+    last_said = [time.perf_counter()]
+
+    def check() -> bool:
+        done = loaded_names(client) & names
+        if done and not first:
+            first.append(time.perf_counter() - started)
+        if time.perf_counter() - last_said[0] > 15:
+            print(f"  ... {label}: {len(done)}/{len(names)} loaded after "
+                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr)  # fmt: skip
+            last_said[0] = time.perf_counter()
+        return done == names
+
+    wait_for(f"all {len(names)} locations LOADED ({label})", check, timeout=1200, every=0.5)
+    return first[0], time.perf_counter() - started
+
+
+@dataclass
+class AtRest:
+    servers: int  # PSS of the code servers (proxy + child for code-server start)
+    webserver: int
+    daemon: int
+    runner: int
+    total: int
+    server_count: int
+
+
+def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> AtRest:
+    groups: dict[str, list[psutil.Process]] = {"server": [], "web": [], "daemon": [], "run": []}
+    for proc in procs:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if is_server(cmd):
+            groups["server"].append(proc)
+        elif "dagster_webserver" in cmd:
+            groups["web"].append(proc)
+        elif "daemon" in cmd:
+            groups["daemon"].append(proc)
+        else:
+            groups["run"].append(proc)  # the runner and the entrypoint
+    return AtRest(
+        servers=pss(groups["server"]),
+        webserver=pss(groups["web"]),
+        daemon=pss(groups["daemon"]),
+        runner=pss(groups["run"]),
+        total=pss(procs),
+        server_count=len(groups["server"]),
+    )
+
+
+def idle_cpu(procs: list[psutil.Process], seconds: float) -> float:
+    """CPU of ``procs`` over ``seconds`` of wall time, in % of one core."""
+    before, started = cpu_seconds(procs), time.perf_counter()
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(procs) - before) / (time.perf_counter() - started)
+
+
+def find(procs: list[psutil.Process], fragment: str) -> psutil.Process:
+    for proc in procs:
+        try:
+            if fragment in " ".join(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            pass
+    raise LookupError(fragment)
+
+
+def warm_uv_cache(root: Path, texts: list[str]) -> float:
+    started = time.perf_counter()
+    store = envs.EnvStore(root / "warm-store")
+    for text in texts:
+        metadata = script.parse_metadata(text)
+        assert metadata is not None
+        store.build(envs.spec_for(metadata))
+    shutil.rmtree(root / "warm-store")
+    return time.perf_counter() - started
+
+
+# --- the runner ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunnerResult:
+    cold: Startup  # no environment built yet
+    restart: Startup  # environments built by the cold start
+    rest: AtRest
+    drop: list[float]
+    edit: list[float]
+    publish_daemon: list[float]
+    publish_webserver: list[float]
+    idle_runner: float
+    idle_service: float
+    idle_runner_big_share: float
+    idle_service_big_share: float
+    pythons: dict[str, Path]  # file -> the environment's python that served it
+
+
+def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) -> RunnerResult:
+    share, code = root / "share", root / "share" / "code_location"
+    code.mkdir(parents=True)
+    for name, text in files.items():
+        (code / f"{name}.py").write_text(text)
+    old = time.time() - 60  # already stable: the cold start is about serving, not waiting
+    for path in code.iterdir():
+        os.utime(path, (old, old))
+
+    cold, service = _start(share, root, "runner-cold", set(files))
+    service.stop(signal.SIGTERM, timeout=60)
+    restart, service = _start(share, root, "runner-restart", set(files))
+    try:
+        entry = psutil.Process(service.proc.pid)
+        time.sleep(20)  # let start-up garbage settle
+        procs = tree([entry])
+        rest = at_rest(procs, lambda cmd: " api grpc " in cmd)
+        pythons = {}
+        for proc in procs:
+            cmd = proc.cmdline()
+            if "--python-file" in cmd:
+                pythons[Path(cmd[cmd.index("--python-file") + 1]).stem] = Path(cmd[0])
+
+        # Latency with every location serving.
+        deps0 = pipeline(0, ()).split("# ///\n")[0]  # metadata of an environment in use
+        drops = []
+        for k in range(args.samples):
+            name = f"dropped_{k}"
+            text = pipeline(1000 + k, ())
+            assert text.startswith(deps0)
+            drop(code / f"{name}.py", text)
+            t0 = time.perf_counter()
+            wait_for(f"{name} LOADED", lambda n=name: n in loaded_names(service), every=0.05)
+            drops.append(time.perf_counter() - t0)
+        edits = []
+        for name in list(files)[: args.samples]:
+            index = int(name.split("_")[1])
+            deps = dependency_sets(args.sets)[index % args.sets]
+            drop(code / f"{name}.py", pipeline(index, deps, revision=1))
+            t0 = time.perf_counter()
+            wanted = f"asset_{index}_0_r1"
+            wait_for(f"{name} revision 1", lambda n=name, w=wanted: w in service.asset_keys(n),
+                     every=0.05)  # fmt: skip
+            edits.append(time.perf_counter() - t0)
+        published = re.findall(r"published: .*; daemon ([\d.]+)s, webserver ([\d.]+)s",
+                               service.log_text())[-2 * args.samples:]  # fmt: skip
+
+        time.sleep(10)
+        procs = tree([entry])
+        runner = find(procs, "runner serve")
+        print(f"  runner: idle for {args.idle:.0f}s", file=sys.stderr)
+        idle_runner, idle_service = _idle_pair(runner, procs, args.idle)
+
+        for i in range(args.share_files):
+            folder = code / "archive" / f"part_{i // 100:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"module_{i}.py").write_text(f"VALUE = {i}\n")
+        time.sleep(15)  # admitted: stable, read once
+        print(f"  runner: idle with {args.share_files} more files", file=sys.stderr)
+        big_runner, big_service = _idle_pair(runner, tree([entry]), args.idle)
+    finally:
+        service.stop(signal.SIGTERM, timeout=60)
+    return RunnerResult(
+        cold, restart, rest, drops, edits,
+        [float(d) for d, _ in published], [float(w) for _, w in published],
+        idle_runner, idle_service, big_runner, big_service, pythons,
+    )  # fmt: skip
+
+
+def _start(share: Path, root: Path, label: str, names: set[str]) -> tuple[Startup, Service]:
+    started = time.perf_counter()
+    service = Service(share, root / "state", log=root / f"{label}.log")
+    try:
+        with PeakMemory([psutil.Process(service.proc.pid)]) as peak:
+            wait_for("the webserver", lambda: service.locations() is not None, timeout=300)
+            first, all_loaded = wait_all_loaded(service, names, started, label)
+    except BaseException:
+        service.stop(signal.SIGTERM, timeout=60)
+        raise
+    print(f"  {label}: all {len(names)} LOADED after {all_loaded:.1f}s", file=sys.stderr)
+    return Startup(first, all_loaded, peak.peak), service
+
+
+def _idle_pair(runner: psutil.Process, procs: list[psutil.Process], seconds: float):
+    before_runner, before_all = cpu_seconds([runner]), cpu_seconds(procs)
+    started = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - started
+    return (
+        100 * (cpu_seconds([runner]) - before_runner) / wall,
+        100 * (cpu_seconds(procs) - before_all) / wall,
+    )
+
+
+# --- the hand-made baseline ------------------------------------------------------------------
+
+
+@dataclass
+class BaselineResult:
+    startup: Startup
+    rest: AtRest
+    idle_service: float
+
+
+def answers(port: int) -> bool:
+    """The server on ``port`` has loaded its file (the proxy answers for its child)."""
+    try:
+        reply = DagsterGrpcClient(port=port, host="127.0.0.1").list_repositories()
+    except Exception:
+        return False
+    return not isinstance(deserialize_value(reply), SerializableErrorInfo)
+
+
+def bench_baseline(
+    root: Path, pythons: dict[str, Path], args: argparse.Namespace
+) -> BaselineResult:
+    home, code = root / "baseline-home", root / "share" / "code_location"
+    home.mkdir()
+    shutil.copy(ROOT / "share" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    instance.prepare(home)  # servers started together must not all create the SQLite storage
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    log = open(root / "baseline.log", "wb")  # closed below
+    procs: dict[str, subprocess.Popen] = {}
+    roots: list[psutil.Process] = []
+    ports = {name: free_port("127.0.0.1") for name in pythons}
+    started = time.perf_counter()
+    try:
+        with PeakMemory(roots) as peak:
+            for name, python in pythons.items():
+                file = code / f"{name}.py"
+                procs[name] = process.spawn(
+                    [str(python), "-m", "dagster", "code-server", "start", "-f", str(file),
+                     "--working-directory", str(code), "-h", "127.0.0.1",
+                     "-p", str(ports[name]), "--location-name", name],
+                    env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                roots.append(psutil.Process(procs[name].pid))
+            for name, port in ports.items():
+                wait_for(f"code server {name}", lambda p=port: answers(p), timeout=1200)
+            workspace = home / "workspace.yaml"
+            workspace.write_text(yaml.safe_dump({"load_from": [
+                {"grpc_server": {"host": "127.0.0.1", "port": p, "location_name": n}}
+                for n, p in ports.items()
+            ]}))  # fmt: skip
+            web_port = free_port("127.0.0.1")
+            for role, argv in (
+                ("webserver", ["-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(web_port),
+                               "-w", str(workspace)]),
+                ("daemon", ["-m", "dagster._daemon", "run", "-w", str(workspace)]),
+            ):  # fmt: skip
+                procs[role] = process.spawn([sys.executable, *argv], env=env, cwd=home,
+                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                roots.append(psutil.Process(procs[role].pid))
+            client = WebClient(f"http://127.0.0.1:{web_port}")
+            wait_for("the baseline webserver", lambda: client.locations() is not None, timeout=300)
+            first, all_loaded = wait_all_loaded(client, set(pythons), started, "code-server start")
+        startup = Startup(first, all_loaded, peak.peak)
+        time.sleep(20)
+        everything = tree(roots)
+        rest = at_rest(everything, lambda cmd: "code-server start" in cmd or " api grpc " in cmd)
+        print(f"  code-server start: idle for {args.idle:.0f}s", file=sys.stderr)
+        idle = idle_cpu(everything, args.idle)
+    finally:
+        for name, proc in procs.items():
+            process.stop(proc, name=name, grace=20)
+        log.close()
+    return BaselineResult(startup, rest, idle)
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({model or platform.machine()}), "
+        f"{psutil.virtual_memory().total / 1024**3:.1f} GiB, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, "
+        f"Dagster {version('dagster')}, uv {version('uv')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=50)
+    parser.add_argument("--sets", type=int, default=5, help="distinct dependency sets")
+    parser.add_argument("--idle", type=float, default=60, help="seconds per idle-CPU window")
+    parser.add_argument("--share-files", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=5, help="drops and edits to time")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    assert 1 <= args.sets <= len(EXTRAS) + 1
+
+    sets = dependency_sets(args.sets)
+    files = {f"loc_{i:03d}": pipeline(i, sets[i % args.sets]) for i in range(args.files)}
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        print(f"warming the uv cache ({args.sets} dependency sets)", file=sys.stderr)
+        warm = warm_uv_cache(root, [pipeline(i, s) for i, s in enumerate(sets)])
+        print("runner ...", file=sys.stderr)
+        ours = bench_runner(root, files, args)
+        print("code-server start ...", file=sys.stderr)
+        base = bench_baseline(root, {n: ours.pythons[n] for n in files}, args)
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    n = args.files
+    print(f"{n} files, {args.sets} dependency sets; {machine()}")
+    print(f"(uv cache warmed in {warm:.0f}s; the runner then builds its {args.sets} "
+          "environments from it, the baseline reuses them)")  # fmt: skip
+    print(f"  {'':<52}{'runner':>12}{'code-server':>14}")
+
+    def line(label: str, ours_value: str, base_value: str = "") -> None:
+        print(f"  {label:<52}{ours_value:>12}{base_value:>14}")
+
+    line("cold start (envs built first) -> first LOADED", f"{ours.cold.first:.1f} s")
+    line(f"cold start (envs built first) -> all {n} LOADED", f"{ours.cold.all:.1f} s")
+    line("start, envs built -> first location LOADED", f"{ours.restart.first:.1f} s",
+         f"{base.startup.first:.1f} s")  # fmt: skip
+    line(f"start, envs built -> all {n} LOADED", f"{ours.restart.all:.1f} s",
+         f"{base.startup.all:.1f} s")  # fmt: skip
+    peak = max(ours.cold.peak_pss, ours.restart.peak_pss)
+    line("peak memory of the whole service (PSS)", f"{peak / MIB:.0f} MiB",
+         f"{base.startup.peak_pss / MIB:.0f} MiB")  # fmt: skip
+    line("at rest, whole service (PSS)", f"{ours.rest.total / MIB:.0f} MiB",
+         f"{base.rest.total / MIB:.0f} MiB")  # fmt: skip
+    line("at rest, per location: its server(s)", f"{ours.rest.servers / n / MIB:.1f} MiB",
+         f"{base.rest.servers / n / MIB:.1f} MiB")  # fmt: skip
+    line(
+        "at rest, per location: whole service / locations",
+        f"{ours.rest.total / n / MIB:.1f} MiB",
+        f"{base.rest.total / n / MIB:.1f} MiB",
+    )
+    line("at rest: webserver", f"{ours.rest.webserver / MIB:.0f} MiB",
+         f"{base.rest.webserver / MIB:.0f} MiB")  # fmt: skip
+    line("at rest: daemon", f"{ours.rest.daemon / MIB:.0f} MiB",
+         f"{base.rest.daemon / MIB:.0f} MiB")  # fmt: skip
+    line("at rest: runner + entrypoint", f"{ours.rest.runner / MIB:.0f} MiB", "-")
+    line("processes serving the locations", str(ours.rest.server_count),
+         str(base.rest.server_count))  # fmt: skip
+    line("idle CPU, whole service (% of one core)", f"{ours.idle_service:.1f} %",
+         f"{base.idle_service:.1f} %")  # fmt: skip
+    ratio = ours.rest.servers / base.rest.servers
+    print(f"per-location memory, runner / code-server start: {ratio:.0%}")
+    print(f"with {n} locations serving (runner), median of {args.samples}:")
+    print(f"  drop -> LOADED                         {statistics.median(ours.drop):6.2f} s"
+          f"  (min {min(ours.drop):.2f}, max {max(ours.drop):.2f})")  # fmt: skip
+    print(f"  edit -> new asset visible              {statistics.median(ours.edit):6.2f} s"
+          f"  (min {min(ours.edit):.2f}, max {max(ours.edit):.2f})")  # fmt: skip
+    if ours.publish_daemon:
+        print(f"  publish: daemon reloaded {statistics.median(ours.publish_daemon):.2f} s, "
+              f"then webserver {statistics.median(ours.publish_webserver):.2f} s")  # fmt: skip
+    print("idle CPU of the runner process (% of one core):")
+    print(f"  {n} locations                          {ours.idle_runner:6.2f} %"
+          f"  (whole service {ours.idle_service:.1f} %)")  # fmt: skip
+    print(f"  {n} locations + {args.share_files} files            "
+          f"{ours.idle_runner_big_share:6.2f} %  (whole service "
+          f"{ours.idle_service_big_share:.1f} %)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

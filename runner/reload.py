@@ -1,0 +1,101 @@
+"""Take in a new workspace.yaml by loading only the entries that changed.
+
+Dagster's webserver and daemon reload a workspace by loading *every* location again, one
+after another: with 50 locations that is about 2 s in each of them for every file a user
+saves, and every ``dagster api grpc`` server logs a warning that it cannot reload. The
+runner's entries name the server they expect (``additional_metadata.server_id``): an entry
+whose origin is unchanged points at the same process, which never changes its code, so its
+loaded copy stays as it is (Dagster's own watch thread still refreshes it if the server's id
+changes). Everything else (entries that are new, changed, in error, or the user's own static
+entries) is loaded as Dagster would.
+
+This leans on Dagster's internals (``WorkspaceProcessContext``), pinned by the project's
+Dagster range and kept to this module; ``tests/test_reload.py`` fails loudly if they move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dagster._core.remote_origin import CodeLocationOrigin, GrpcServerCodeLocationOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.workspace import CodeLocationEntry, CurrentWorkspace
+
+from .workspace import SERVER_ID
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    loaded: tuple[str, ...]  # locations loaded (again)
+    kept: int  # locations left as they were
+    removed: int
+
+
+def keeps(entry: CodeLocationEntry | None, origin: CodeLocationOrigin) -> bool:
+    """An entry that can stay as it is: same origin, naming its server, loaded fine."""
+    return (
+        entry is not None
+        and isinstance(origin, GrpcServerCodeLocationOrigin)
+        and SERVER_ID in (origin.additional_metadata or {})
+        and entry.origin == origin
+        and entry.code_location is not None
+        and entry.load_error is None
+    )
+
+
+def refresh_changed(context: WorkspaceProcessContext, *, reload: bool) -> Outcome:
+    """Bring ``context`` to the workspace file's current entries, loading only what changed.
+
+    ``reload``: reload the code of reloaded entries that do not name a server (what the UI's
+    "Reload all" asks of a ``dagster code-server start``), as Dagster's ``reload_workspace``.
+    """
+    origins = {origin.location_name: origin for origin in context._origins}
+    old: Mapping[str, CodeLocationEntry] = context._current_workspace.code_location_entries
+    kept = {name: old[name] for name, origin in origins.items() if keeps(old.get(name), origin)}
+    fresh = {
+        name: context._load_location(origin, reload=reload and not _names_server(origin))
+        for name, origin in origins.items()
+        if name not in kept
+    }
+    with context._lock:
+        events, threads = context._watch_thread_shutdown_events, context._watch_threads
+        context._watch_thread_shutdown_events = {n: e for n, e in events.items() if n in kept}
+        context._watch_threads = {n: t for n, t in threads.items() if n in kept}
+        context._current_workspace = CurrentWorkspace(
+            code_location_entries={name: kept.get(name) or fresh[name] for name in origins}
+        )
+        for entry in fresh.values():
+            if isinstance(entry.origin, GrpcServerCodeLocationOrigin):
+                context._start_watch_thread(entry.origin)
+    # As Dagster does: stop the replaced entries' watch threads, then close their clients.
+    for name, event in events.items():
+        if name not in kept:
+            event.set()
+    for name, thread in threads.items():
+        if name not in kept:
+            thread.join()
+    for name, entry in old.items():
+        if name not in kept and entry.code_location is not None:
+            entry.code_location.cleanup()
+    return Outcome(tuple(fresh), len(kept), len(set(old) - set(origins)))
+
+
+def _names_server(origin: CodeLocationOrigin) -> bool:
+    return isinstance(origin, GrpcServerCodeLocationOrigin) and SERVER_ID in (
+        origin.additional_metadata or {}
+    )
+
+
+def patch_webserver() -> None:
+    """Make the webserver's ``reloadWorkspace`` load only what changed (see module doc)."""
+
+    def reload_workspace(self: WorkspaceProcessContext) -> None:
+        outcome = refresh_changed(self, reload=True)
+        log.info("workspace reloaded: %d loaded, %d kept, %d removed",
+                 len(outcome.loaded), outcome.kept, outcome.removed)  # fmt: skip
+
+    WorkspaceProcessContext.reload_workspace = reload_workspace  # type: ignore[method-assign]
