@@ -133,7 +133,7 @@ def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> At
             continue
         if is_server(cmd):
             groups["server"].append(proc)
-        elif "dagster_webserver" in cmd:
+        elif "dagster_webserver" in cmd or "runner webserver" in cmd:
             groups["web"].append(proc)
         elif "daemon" in cmd:
             groups["daemon"].append(proc)

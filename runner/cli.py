@@ -10,31 +10,39 @@ import signal
 import sys
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
+
 from . import instance, paths
 
 log = logging.getLogger("runner")
 
 
+class _JsonLines(JsonFormatter):
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["level"] = str(log_data.get("level", "")).lower()  # as Dagster writes it
+        return log_data
+
+
 def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text") -> None:
     """One line per decision on stderr, for our loggers only (not Dagster's): readable, or
-    one JSON object per line for log collectors (``fmt="json"``)."""
+    one JSON object per line for log collectors (``fmt="json"``), with the keys Dagster's
+    own JSON lines use (``event``, ``logger``, ``level``, ``timestamp``) and our ``role``."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        formatter: logging.Formatter = JsonFormatter(
-            "{asctime}{levelname}{name}{message}",
+        formatter: logging.Formatter = _JsonLines(
+            "{message}{name}{levelname}",
             style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            rename_fields={"message": "event", "name": "logger", "levelname": "level"},
             static_fields={"role": name},
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            timestamp=True,  # ISO 8601, UTC
         )
     else:
         formatter = logging.Formatter(
             f"%(asctime)s %(levelname)-7s {name}: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
         )
     handler.setFormatter(formatter)
-    for logger_name in ("runner", "entrypoint"):
+    logging.captureWarnings(True)  # Dagster reports load errors as warnings: format them too
+    for logger_name in ("runner", "entrypoint", "py.warnings"):
         logger = logging.getLogger(logger_name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
@@ -64,6 +72,7 @@ def _serve(args: argparse.Namespace) -> None:
         keep_last_good=args.on_failure == "keep-last-good",
         instance_home=where.instance_home,
         extra_requirements=extras,
+        server_log_format="json" if args.log_format == "json" else "colored",
     )
     supervisor = Supervisor(settings)
     if args.metrics:
@@ -102,7 +111,7 @@ def _webserver(args: argparse.Namespace) -> None:
 
     from . import reload
 
-    reload.patch_webserver()
+    reload.patch()
     webserver(
         args=args.options, prog_name="dagster-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER"
     )

@@ -90,6 +90,8 @@ def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text")
 
     from . import reload
 
+    reload.patch()
+
     try:
         with capture_interrupts(), DagsterInstance.get() as instance:
             loaded = file_digest(workspace)  # read before loading: a later write reloads

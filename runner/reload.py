@@ -5,9 +5,8 @@ after another: with 50 locations that is about 2 s in each of them for every fil
 saves, and every ``dagster api grpc`` server logs a warning that it cannot reload. The
 runner's entries name the server they expect (``additional_metadata.server_id``): an entry
 whose origin is unchanged points at the same process, which never changes its code, so its
-loaded copy stays as it is (Dagster's own watch thread still refreshes it if the server's id
-changes). Everything else (entries that are new, changed, in error, or the user's own static
-entries) is loaded as Dagster would.
+loaded copy stays as it is. Everything else (entries that are new, changed, in error, or
+the user's own static entries) is loaded as Dagster would.
 
 This leans on Dagster's internals (``WorkspaceProcessContext``), pinned by the project's
 Dagster range and kept to this module; ``tests/test_reload.py`` fails loudly if they move.
@@ -90,12 +89,26 @@ def _names_server(origin: CodeLocationOrigin) -> bool:
     )
 
 
-def patch_webserver() -> None:
-    """Make the webserver's ``reloadWorkspace`` load only what changed (see module doc)."""
+def patch() -> None:
+    """Make this process's workspaces (webserver or daemon) take in changes as above, and
+    not watch the runner's servers.
+
+    Dagster pings every ``grpc_server`` location's server once a second from a watch thread,
+    to notice a server that restarted with a new id. The runner's servers never do: a new
+    version is a new server in a new workspace entry, which the runner publishes. At 50
+    locations those pings cost about a quarter of a core across the webserver, the daemon
+    and the servers, for nothing.
+    """
+    start_watch_thread = WorkspaceProcessContext._start_watch_thread
 
     def reload_workspace(self: WorkspaceProcessContext) -> None:
         outcome = refresh_changed(self, reload=True)
         log.info("workspace reloaded: %d loaded, %d kept, %d removed",
                  len(outcome.loaded), outcome.kept, outcome.removed)  # fmt: skip
 
+    def _start_watch_thread(self: WorkspaceProcessContext, origin: CodeLocationOrigin) -> None:
+        if not _names_server(origin):
+            start_watch_thread(self, origin)
+
     WorkspaceProcessContext.reload_workspace = reload_workspace  # type: ignore[method-assign]
+    WorkspaceProcessContext._start_watch_thread = _start_watch_thread  # type: ignore[method-assign]

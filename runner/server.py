@@ -145,7 +145,13 @@ def load_error(serialized: str) -> SerializableErrorInfo | None:
 
 
 def start(
-    *, location: str, python: Path, file: Path, host: str, log_level: str = "info"
+    *,
+    location: str,
+    python: Path,
+    file: Path,
+    host: str,
+    log_level: str = "info",
+    log_format: str = "colored",
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
 
@@ -165,6 +171,7 @@ def start(
         "--lazy-load-user-code",
         "--fixed-server-id", server_id,
         "--log-level", log_level,
+        "--log-format", log_format,
     ]  # fmt: skip
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)

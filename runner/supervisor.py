@@ -80,6 +80,8 @@ class Settings:
     instance_home: Path | None = None
     #: Packages every environment needs to open the instance (e.g. dagster-postgres).
     extra_requirements: tuple[str, ...] = ()
+    #: Dagster's log format for the code servers: colored or json.
+    server_log_format: str = "colored"
 
 
 # --- messages from workers ------------------------------------------------------------
@@ -387,6 +389,7 @@ class Supervisor:
                 python=env.python,
                 file=gen.spec.path,
                 host=self.settings.host,
+                log_format=self.settings.server_log_format,
             )
         except OSError as exc:
             self._fail(loc, gen, f"could not start the code server: {exc}")

@@ -94,14 +94,13 @@ def test_only_new_and_changed_entries_are_loaded(
         assert set(context._watch_threads) == {"b"}
 
 
-def test_the_webserver_reload_loads_only_what_changed(
+def test_the_patched_webserver_reloads_what_changed_and_does_not_watch_runner_servers(
     tmp_path: Path, start, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Restored after the test: patch_webserver replaces the method on the class.
-    monkeypatch.setattr(
-        WorkspaceProcessContext, "reload_workspace", WorkspaceProcessContext.reload_workspace
-    )
-    reload.patch_webserver()
+    # Restored after the test: patch() replaces methods on the class.
+    for name in ("reload_workspace", "_start_watch_thread"):
+        monkeypatch.setattr(WorkspaceProcessContext, name, getattr(WorkspaceProcessContext, name))
+    reload.patch()
     a = start("a", ["a1"])
     workspace = tmp_path / "workspace.yaml"
     write_if_changed(workspace, render([entry(a)]))
@@ -112,3 +111,9 @@ def test_the_webserver_reload_loads_only_what_changed(
         context.reload_workspace()  # what the reloadWorkspace mutation calls
         entries = context.get_current_workspace().code_location_entries
         assert entries["a"] is before and assets(context, "b") == ["b1"]
+        assert context._watch_threads == {}  # the runner publishes its servers' changes
+
+        # A user's own entry is watched, as Dagster does.
+        write_if_changed(workspace, render([entry(a), Entry("plain", "127.0.0.1", b.port)]))
+        context.reload_workspace()
+        assert set(context._watch_threads) == {"plain"}

@@ -85,10 +85,15 @@ def test_status_metrics_and_json_logs_follow_the_service(tmp_path: Path) -> None
         assert 'runner_failures_total{stage="load"} 1.0' in metrics
         assert "process_resident_memory_bytes" in metrics
 
-        runner_lines = [json.loads(line) for line in service.log_text().splitlines()
-                        if line.startswith("{") and '"role": "runner"' in line]  # fmt: skip
-        assert any("serving good on port" in line["message"] for line in runner_lines)
-        assert all({"time", "level", "message"} <= set(line) for line in runner_lines)
+        # Every role's lines and the code servers' are JSON objects with the same keys.
+        lines = [json.loads(line) for line in service.log_text().splitlines()
+                 if line.startswith("{")]  # fmt: skip
+        assert all({"timestamp", "level", "event", "logger"} <= set(line) for line in lines)
+        assert any(line.get("role") == "runner" and "serving good on port" in line["event"]
+                   for line in lines)  # fmt: skip
+        assert any(line["logger"] == "dagster.code_server" and "good.py" in line["event"]
+                   for line in lines)  # fmt: skip
+        assert {"runner", "daemon", "entrypoint"} <= {line.get("role") for line in lines}
 
     code, data = status(share)
     assert code == 3 and not data["running"] and "stopped at" in data["why"]
