@@ -91,16 +91,6 @@ def pss(procs: list[psutil.Process]) -> int:
     return total
 
 
-def rss(procs: list[psutil.Process]) -> int:
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 class PeakMemory:
     """Samples the summed PSS of some process trees every ``every`` seconds, in a thread."""
 

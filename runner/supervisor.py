@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -171,6 +171,7 @@ class Supervisor:
         self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
         self._queued: dict[str, tuple[Location, Generation, envs.Env]] = {}  # env ready
         self._rescan_period = settings.rescan_every
+        self._scan_costs: deque[float] = deque(maxlen=5)  # CPU seconds of recent rescans
         self._rescan = True
         self._static_names: frozenset[str] = frozenset()
         self._stopping = threading.Event()
@@ -265,13 +266,15 @@ class Supervisor:
 
         Rescans are what make the runner correct (events get lost, network shares send
         none), but on a share of many files each costs real CPU: the period stretches so
-        that rescans use at most ``SCAN_CPU_SHARE`` of one core.
+        that rescans use at most ``SCAN_CPU_SHARE`` of one core. The cheapest of the last
+        few rescans sets it: one that read many new files says nothing about the next.
         """
         cpu = time.thread_time()
         scan = self.scanner.scan(now)
-        cost = time.thread_time() - cpu
+        self._scan_costs.append(time.thread_time() - cpu)
         self._desired, self._early, self._pending = scan.desired, scan.early, scan.pending
         self._rescan, self._woken = False, True
+        cost = min(self._scan_costs)
         period = max(self.settings.rescan_every, cost / SCAN_CPU_SHARE)
         stretched = period > self.settings.rescan_every * 1.25
         if stretched != (self._rescan_period > self.settings.rescan_every * 1.25):
