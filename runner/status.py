@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .plan import Generation, Location
 from .workspace import write_if_changed
 
 STATUS_NAME = ".runner-status.json"
@@ -45,6 +46,53 @@ class FileStatus:
     last_error_at: float | None = None
     last_loaded: float | None = None  # when a version last loaded without error
     since: float = 0.0  # when it entered ``state``
+
+
+def describe(
+    loc: Location,
+    *,
+    file: str,
+    waiting_to_start: bool,
+    build_progress: str | None,
+    env_path: Callable[[str], Path],
+) -> FileStatus:
+    """One location's row; its state follows from the generations the runner holds for it."""
+    cur, nxt = loc.current, loc.next
+    serving = cur is not None and cur.alive()
+    error = loc.error or (cur.load_error if serving and cur is not None else None)
+    progress = None
+    if nxt is not None:
+        if waiting_to_start:
+            state, progress = "starting", "waiting for a start slot"
+        elif nxt.server is None:
+            state, progress = "building-env", build_progress
+        else:
+            state = "starting" if not nxt.ready else "waiting-for-stable"
+    elif error is not None:
+        state = "failed"
+    else:
+        state = "serving" if serving else "starting"
+    gen = nxt or cur
+    server = (cur.server if serving and cur is not None else None) or (nxt and nxt.server)
+    return FileStatus(
+        file=file, location=loc.name, state=state,
+        env=gen.env.short if gen else None,
+        env_path=str(env_path(gen.env.key)) if gen else None,
+        port=server.port if server else None, pid=getattr(server, "pid", None),
+        serving=serving, progress=progress,
+        error=error.to_string() if error else None,
+        last_error=loc.last_error.to_string() if loc.last_error else None,
+        last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
+    )  # fmt: skip
+
+
+def retiring(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
+    """The row of an old generation's server, finishing its runs."""
+    return FileStatus(
+        file=gen.spec.relpath, location=gen.spec.name, state="retiring",
+        env=gen.env.short, env_path=str(env_path(gen.env.key)),
+        port=gen.server.port if gen.server else None, pid=getattr(gen.server, "pid", None),
+    )  # fmt: skip
 
 
 class Board:

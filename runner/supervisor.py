@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -29,13 +29,15 @@ from pathlib import Path
 from dagster._utils.error import SerializableErrorInfo
 
 from . import env as envs
-from . import metrics, script
+from . import metrics, script, status
 from . import server as servers
+from .builds import Builds, EnvDone
 from .errors import ErrorServer, error_info, summarize
 from .instance import open_instance
 from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
 from .process import describe_exit
 from .publish import Publisher
+from .retire import Retirements, Stopped
 from .scan import Desired, LocationSpec, Scanner
 from .status import STATES, STATUS_NAME, Board, FileStatus
 from .workspace import STATIC_NAME, Entry, Static, StaticSource
@@ -98,14 +100,6 @@ class _Written:
 
 
 @dataclass(frozen=True)
-class _EnvDone:
-    key: str
-    env: envs.Env | None
-    error: envs.BuildError | None
-    seconds: float
-
-
-@dataclass(frozen=True)
 class _ServerDone:
     name: str
     gen: Generation
@@ -114,24 +108,7 @@ class _ServerDone:
     seconds: float  # from spawn to ready (or to the failure)
 
 
-@dataclass(frozen=True)
-class _Stopped:
-    item: _Retiring
-
-
-Message = _Wake | _Written | _EnvDone | _ServerDone | _Stopped
-
-
-@dataclass(eq=False)
-class _Retiring:
-    server: Served
-    gen: Generation | None  # None: an error server
-    since: float  # when it was retired (the supervisor's clock)
-    after_version: int | None = None  # stop once this workspace version is published
-
-    @property
-    def env_key(self) -> str | None:
-        return self.gen.env.key if self.gen is not None else None
+Message = _Wake | _Written | EnvDone | _ServerDone | Stopped
 
 
 class Supervisor:
@@ -154,17 +131,14 @@ class Supervisor:
             webserver_url=settings.webserver_url,
             on_published=lambda version: self.wake(),
         )
-        self._builds: dict[str, float] = {}  # env key -> build start
-        self._build_pool = ThreadPoolExecutor(settings.max_parallel_builds, "build")
+        self.builds = Builds(self.store, workers=settings.max_parallel_builds,
+                             done=self.inbox.put, clock=clock)  # fmt: skip
         self._io_pool = ThreadPoolExecutor(64, "server-io")
-        self._retiring: list[_Retiring] = []
-        self._stopping_now: list[_Retiring] = []  # handed to a worker to stop
-        self._progress: dict[str, str] = {}  # env key -> what its build is doing
-        self._build_logged: dict[str, float] = {}  # env key -> when we last said so
+        self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
+                                       clock=clock)  # fmt: skip
         self._pending: list[str] = []  # relpaths waiting to become stable
         self.board = Board(settings.workspace_path.parent / STATUS_NAME,
                            share=settings.code_dir.parent)  # fmt: skip
-        self._stopping_envs: Counter[str] = Counter()  # env keys of servers being stopped
         self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
         self._desired: Mapping[str, Desired] = {}
@@ -222,7 +196,7 @@ class Supervisor:
                 self._start_queued()
                 self._reap()
                 self._publish()
-                self._retire_due()
+                self.retirements.stop_due(self.publisher.published)
                 self._report()
                 later = now + 1.0 if self._queued else None  # a start slot may free up
                 wake_at = min(t for t in (next_scan, due, retry, later) if t is not None)
@@ -251,14 +225,13 @@ class Supervisor:
         elif isinstance(msg, _Written):
             self.scanner.mark_written(msg.path)
             self._rescan = True
-        elif isinstance(msg, _EnvDone):
+        elif isinstance(msg, EnvDone):
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
             self._on_server(msg)
-        elif isinstance(msg, _Stopped):
-            self._stopping_now.remove(msg.item)
+        elif isinstance(msg, Stopped):
+            self.retirements.stopped(msg)
             if msg.item.env_key is not None:
-                self._stopping_envs[msg.item.env_key] -= 1
                 self._collect_envs()
 
     def _scan(self, now: float) -> float | None:
@@ -316,39 +289,16 @@ class Supervisor:
         built = self.store.get(env_spec)
         if built is not None:
             self._queued[loc.name] = (loc, loc.next, built)
-        elif env_spec.key in self._builds:
+        elif env_spec.key in self.builds:
             log.info("%s waits for env %s, already building", spec.name, env_spec.short)
         else:
             added = f" (adding {', '.join(env_spec.added)}: the file does not list it)"
             log.info("building env %s for %s%s", env_spec.short, spec.name,
                      added if env_spec.added else "")  # fmt: skip
-            self._builds[env_spec.key] = self.clock()
-            self._progress[env_spec.key] = "queued"
-            self._build_pool.submit(self._build, env_spec)
+            self.builds.start(env_spec)
 
-    def _build(self, env_spec: envs.EnvSpec) -> None:
-        started = time.monotonic()
-        env, error = None, None
-
-        def progress(text: str) -> None:
-            self._progress[env_spec.key] = text  # read by the loop for status
-
-        try:
-            env = self.store.build(env_spec, progress)
-        except envs.BuildError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("building env %s crashed", env_spec.short)
-            error = envs.BuildError(f"building the environment failed: {exc}")
-        self.inbox.put(_EnvDone(env_spec.key, env, error, time.monotonic() - started))
-
-    def _on_env(self, msg: _EnvDone) -> None:
-        self._builds.pop(msg.key, None)
-        self._progress.pop(msg.key, None)
-        self._build_logged.pop(msg.key, None)
-        if msg.env is not None:
-            log.info("built env %s in %.1fs", msg.key[:12], msg.seconds)
-            metrics.ENV_BUILD_SECONDS.observe(msg.seconds)
+    def _on_env(self, msg: EnvDone) -> None:
+        self.builds.finished(msg)
         for loc in list(self.locations.values()):
             gen = loc.next
             if gen is None or gen.env.key != msg.key or gen.server is not None:
@@ -543,7 +493,7 @@ class Supervisor:
     def _set_error(self, loc: Location, info: SerializableErrorInfo | None) -> None:
         """Show ``info`` on the location (an in-process error server), or stop showing it."""
         if loc.error_server is not None and (info is None or info is not loc.error):
-            self._retiring.append(_Retiring(loc.error_server, None, self.clock()))
+            self.retirements.add(loc.error_server, None)
             loc.error_server = None
         loc.error = info
         if info is not None:
@@ -582,10 +532,7 @@ class Supervisor:
         if (entries, static) == self._published:
             return
         self._published = (entries, static)
-        version = self.publisher.submit(entries, static)
-        for item in self._retiring:
-            if item.after_version is None:
-                item.after_version = version
+        self.retirements.submitted(self.publisher.submit(entries, static))
 
     # -- what operators see --------------------------------------------------------------
 
@@ -594,89 +541,40 @@ class Supervisor:
         rows = self._rows()
         self.board.update(rows)
         metrics.count_states((row.state for row in rows), STATES)
-        now = self.clock()
-        for key, started in self._builds.items():
-            if now - self._build_logged.get(key, started) >= 15:
-                self._build_logged[key] = now
-                waiting = [loc.name for loc in self.locations.values()
-                           if loc.next is not None and loc.next.env.key == key]  # fmt: skip
-                log.info("env %s (for %s) still building after %.0fs: %s", key[:12],
-                         ", ".join(waiting) or "-", now - started,
-                         self._progress.get(key))  # fmt: skip
+        self.builds.say_slow(
+            lambda key: [
+                loc.name
+                for loc in self.locations.values()
+                if loc.next is not None and loc.next.env.key == key
+            ]
+        )
 
     def _rows(self) -> list[FileStatus]:
-        rows = [self._row(loc) for loc in self.locations.values()]
-        for item in self._retiring + self._stopping_now:
-            if item.gen is not None and item.gen.server is not None:
-                rows.append(FileStatus(
-                    file=item.gen.spec.relpath, location=item.gen.spec.name, state="retiring",
-                    env=item.gen.env.short, env_path=str(self.store.path(item.gen.env.key)),
-                    port=item.server.port, pid=getattr(item.server, "pid", None),
-                ))  # fmt: skip
+        path = self.store.path
+        rows = [
+            status.describe(
+                loc, file=self._file_of(loc), env_path=path,
+                waiting_to_start=loc.next is not None
+                and self._queued.get(loc.name, (None, None))[1] is loc.next,
+                build_progress=self.builds.progress(loc.next.env.key) if loc.next else None,
+            )
+            for loc in self.locations.values()
+        ]  # fmt: skip
+        for item in self.retirements.items():
+            if item.gen is not None:
+                rows.append(status.retiring(item.gen, env_path=path))
         for relpath in self._pending:
             name = script.location_name(relpath)
             if name not in self.locations:
                 rows.append(FileStatus(file=relpath, location=name, state="waiting-for-stable"))
         return rows
 
-    def _row(self, loc: Location) -> FileStatus:
-        cur, nxt = loc.current, loc.next
-        serving = cur is not None and cur.alive()
-        error = loc.error or (cur.load_error if serving and cur is not None else None)
-        progress = None
-        if nxt is not None:
-            if nxt.server is None and self._queued.get(loc.name, (None, None))[1] is nxt:
-                state, progress = "starting", "waiting for a start slot"
-            elif nxt.server is None:
-                state, progress = "building-env", self._progress.get(nxt.env.key)
-            else:
-                state = "starting" if not nxt.ready else "waiting-for-stable"
-        elif error is not None:
-            state = "failed"
-        else:
-            state = "serving" if serving else "starting"
-        gen = nxt or cur
-        server = (cur.server if serving and cur is not None else None) or (nxt and nxt.server)
-        return FileStatus(
-            file=self._file_of(loc), location=loc.name, state=state,
-            env=gen.env.short if gen else None,
-            env_path=str(self.store.path(gen.env.key)) if gen else None,
-            port=server.port if server else None, pid=getattr(server, "pid", None),
-            serving=serving, progress=progress,
-            error=error.to_string() if error else None,
-            last_error=loc.last_error.to_string() if loc.last_error else None,
-            last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
-        )  # fmt: skip
-
     # -- retiring and cleanup ------------------------------------------------------------
 
     def _retire(self, gen: Generation, *, immediately: bool = False) -> None:
         """Stop ``gen``'s server once no published workspace points at it."""
-        if gen.server is None:
-            return
-        self._retiring.append(_Retiring(gen.server, gen, self.clock(), 0 if immediately else None))
-        self._stopping_envs[gen.env.key] += 1
-
-    def _retire_due(self) -> None:
-        keep = []
-        for item in self._retiring:
-            published = (
-                item.after_version is not None and self.publisher.published >= item.after_version
-            )
-            # A webserver that stays unreachable must not keep old servers forever.
-            overdue = self.clock() - item.since > 120
-            if published or overdue:
-                self._stopping_now.append(item)
-                self._io_pool.submit(self._stop_server, item)
-            else:
-                keep.append(item)
-        self._retiring = keep
-
-    def _stop_server(self, item: _Retiring) -> None:
-        try:
-            item.server.stop(grace=self.settings.retire_grace)
-        finally:
-            self.inbox.put(_Stopped(item))
+        if gen.server is not None:
+            self.retirements.add(gen.server, gen, immediately=immediately)
 
     def _collect_envs(self) -> None:
         """Delete environments this runner used and nothing uses any more."""
@@ -686,8 +584,8 @@ class Supervisor:
             for gen in (loc.current, loc.next)
             if gen is not None
         }
-        in_use |= {key for key, count in self._stopping_envs.items() if count > 0}
-        in_use |= set(self._builds)
+        in_use |= self.retirements.env_keys()
+        in_use |= self.builds.keys()
         for key in self._used_envs - in_use:
             log.info("removing env %s (no location uses it any more)", key[:12])
             self.store.remove(key)
@@ -696,7 +594,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         last_known = self._rows()
         self.publisher.stop()
-        live: list[Served] = [item.server for item in self._retiring]
+        # Some retired servers may be waiting out RUNNER_RETIRE_GRACE for their runs.
+        live: list[Served] = [item.server for item in self.retirements.items()]
         for loc in self.locations.values():
             live += [g.server for g in (loc.current, loc.next) if g is not None and g.server]
             if loc.error_server is not None:
@@ -719,9 +618,9 @@ class Supervisor:
                 t.start()
             for t in threads:
                 t.join(timeout=grace + 10)
-        self.store.cancel_builds()
+        self.builds.shutdown()
+        self.retirements.shutdown()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
-        self._build_pool.shutdown(wait=False, cancel_futures=True)
         self.board.update(last_known, stopped=True)
 
 
