@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from runner.server import free_port
-from runner.status import Board, FileStatus, read, render
+from runner.status import Board, FileStatus, describe, read, render
 from tests.service import ROOT, asset_file, drop, running, wait_for
 
 
@@ -125,3 +125,43 @@ def test_a_runner_that_stopped_writing_is_reported_not_running(tmp_path: Path) -
     assert snap is not None and not snap.running and "60s ago" in (snap.why_not or "")
     text = render(snap, now=time.time())
     assert text.startswith("NOT RUNNING") and "ValueError: x" in text
+
+
+def test_each_state_follows_from_what_the_runner_holds() -> None:
+    from runner import env
+    from runner.errors import error_info
+    from runner.plan import Generation, Location
+    from runner.scan import LocationSpec
+    from runner.script import ScriptMetadata
+
+    meta = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
+
+    class Up:
+        port, server_id, pid = 4000, "up", 42
+
+        def exited(self) -> int | None:
+            return None
+
+    def gen(server: Up | None = None, *, ready: bool = False) -> Generation:
+        spec = LocationSpec("a", "a.py", Path("/share/a.py"), "1", meta)
+        return Generation(spec=spec, env=env.spec_for(meta), started=0, server=server,
+                          ready=ready)  # fmt: skip
+
+    def state(loc: Location, **options: Any) -> tuple[str, str | None]:
+        options = {"waiting_to_start": False, "build_progress": None, **options}
+        row = describe(loc, file="a.py", env_path=lambda key: Path("/envs") / key, **options)
+        return row.state, row.progress
+
+    assert state(Location("a", next=gen()), build_progress="resolved 9 packages") == (
+        "building-env", "resolved 9 packages")  # fmt: skip
+    assert state(Location("a", next=gen()), waiting_to_start=True) == (
+        "starting", "waiting for a start slot")  # fmt: skip
+    assert state(Location("a", next=gen(Up()))) == ("starting", None)
+    assert state(Location("a", next=gen(Up(), ready=True))) == ("waiting-for-stable", None)
+    assert state(Location("a", current=gen(Up(), ready=True))) == ("serving", None)
+    broken = Location("a", current=gen(Up(), ready=True), error=error_info("a.py: boom"))
+    row = describe(broken, file="a.py", waiting_to_start=False, build_progress=None,
+                   env_path=lambda key: Path("/envs") / key)  # fmt: skip
+    assert (row.state, row.serving, row.pid, row.port) == ("failed", True, 42, 4000)
+    assert "boom" in (row.error or "")
+    assert state(Location("a", error=error_info("a.py: bad TOML"))) == ("failed", None)
