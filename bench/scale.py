@@ -149,11 +149,12 @@ def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> At
     )
 
 
-def idle_cpu(procs: list[psutil.Process], seconds: float) -> float:
-    """CPU of ``procs`` over ``seconds`` of wall time, in % of one core."""
-    before, started = cpu_seconds(procs), time.perf_counter()
+def idle_cpu(*groups: list[psutil.Process], seconds: float) -> list[float]:
+    """CPU of each group of processes over the same ``seconds``, in % of one core."""
+    before, started = [cpu_seconds(g) for g in groups], time.perf_counter()
     time.sleep(seconds)
-    return 100 * (cpu_seconds(procs) - before) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    return [100 * (cpu_seconds(g) - b) / wall for g, b in zip(groups, before, strict=True)]
 
 
 def find(procs: list[psutil.Process], fragment: str) -> psutil.Process:
@@ -247,7 +248,7 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         procs = tree([entry])
         runner = find(procs, "runner serve")
         print(f"  runner: idle for {args.idle:.0f}s", file=sys.stderr)
-        idle_runner, idle_service = _idle_pair(runner, procs, args.idle)
+        idle_runner, idle_service = idle_cpu([runner], procs, seconds=args.idle)
 
         for i in range(args.share_files):
             folder = code / "archive" / f"part_{i // 100:03d}"
@@ -255,7 +256,7 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
             (folder / f"module_{i}.py").write_text(f"VALUE = {i}\n")
         time.sleep(15)  # admitted: stable, read once
         print(f"  runner: idle with {args.share_files} more files", file=sys.stderr)
-        big_runner, big_service = _idle_pair(runner, tree([entry]), args.idle)
+        big_runner, big_service = idle_cpu([runner], tree([entry]), seconds=args.idle)
     finally:
         service.stop(signal.SIGTERM, timeout=60)
     return RunnerResult(
@@ -277,17 +278,6 @@ def _start(share: Path, root: Path, label: str, names: set[str]) -> tuple[Startu
         raise
     print(f"  {label}: all {len(names)} LOADED after {all_loaded:.1f}s", file=sys.stderr)
     return Startup(first, all_loaded, peak.peak), service
-
-
-def _idle_pair(runner: psutil.Process, procs: list[psutil.Process], seconds: float):
-    before_runner, before_all = cpu_seconds([runner]), cpu_seconds(procs)
-    started = time.perf_counter()
-    time.sleep(seconds)
-    wall = time.perf_counter() - started
-    return (
-        100 * (cpu_seconds([runner]) - before_runner) / wall,
-        100 * (cpu_seconds(procs) - before_all) / wall,
-    )
 
 
 # --- the hand-made baseline ------------------------------------------------------------------
@@ -357,7 +347,7 @@ def bench_baseline(
         everything = tree(roots)
         rest = at_rest(everything, lambda cmd: "code-server start" in cmd or " api grpc " in cmd)
         print(f"  code-server start: idle for {args.idle:.0f}s", file=sys.stderr)
-        idle = idle_cpu(everything, args.idle)
+        [idle] = idle_cpu(everything, seconds=args.idle)
     finally:
         for name, proc in procs.items():
             process.stop(proc, name=name, grace=20)

@@ -38,8 +38,7 @@ def keeps(entry: CodeLocationEntry | None, origin: CodeLocationOrigin) -> bool:
     """An entry that can stay as it is: same origin, naming its server, loaded fine."""
     return (
         entry is not None
-        and isinstance(origin, GrpcServerCodeLocationOrigin)
-        and SERVER_ID in (origin.additional_metadata or {})
+        and _names_server(origin)
         and entry.origin == origin
         and entry.code_location is not None
         and entry.load_error is None
@@ -96,8 +95,8 @@ def patch() -> None:
     Dagster pings every ``grpc_server`` location's server once a second from a watch thread,
     to notice a server that restarted with a new id. The runner's servers never do: a new
     version is a new server in a new workspace entry, which the runner publishes. At 50
-    locations those pings cost about a quarter of a core across the webserver, the daemon
-    and the servers, for nothing.
+    locations those pings cost about 40% of a core across the webserver, the daemon and the
+    servers, for nothing (bench/README.md).
     """
     start_watch_thread = WorkspaceProcessContext._start_watch_thread
 

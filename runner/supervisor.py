@@ -143,7 +143,7 @@ class Supervisor:
         self._published: tuple[list[Entry], Static] | None = None
         self._desired: Mapping[str, Desired] = {}
         self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
-        self._queued: dict[str, tuple[Location, Generation, envs.Env]] = {}  # env ready
+        self._queued: dict[str, tuple[Generation, envs.Env]] = {}  # env ready, not started
         self._rescan_period = settings.rescan_every
         self._scan_costs: deque[float] = deque(maxlen=5)  # CPU seconds of recent rescans
         self._rescan = True
@@ -288,7 +288,7 @@ class Supervisor:
         loc.retry_at = None
         built = self.store.get(env_spec)
         if built is not None:
-            self._queued[loc.name] = (loc, loc.next, built)
+            self._queued[loc.name] = (loc.next, built)
         elif env_spec.key in self.builds:
             log.info("%s waits for env %s, already building", spec.name, env_spec.short)
         else:
@@ -305,7 +305,7 @@ class Supervisor:
                 continue
             if msg.env is not None:
                 loc.attempts = 0
-                self._queued[loc.name] = (loc, gen, msg.env)
+                self._queued[loc.name] = (gen, msg.env)
             elif msg.error is not None and msg.error.transient:
                 self._fail(loc, gen, f"the package index could not be reached:\n{msg.error}",
                            transient=True)  # fmt: skip
@@ -330,8 +330,9 @@ class Supervisor:
         )  # fmt: skip
         while self._queued and starting < self.settings.max_parallel_starts:
             name = next(iter(self._queued))
-            loc, gen, env = self._queued.pop(name)
-            if self.locations.get(name) is loc and loc.next is gen:
+            gen, env = self._queued.pop(name)
+            loc = self.locations.get(name)
+            if loc is not None and loc.next is gen:  # not superseded or removed meanwhile
                 self._spawn(loc, gen, env)
                 starting += 1
 
@@ -555,7 +556,7 @@ class Supervisor:
             status.describe(
                 loc, file=self._file_of(loc), env_path=path,
                 waiting_to_start=loc.next is not None
-                and self._queued.get(loc.name, (None, None))[1] is loc.next,
+                and self._queued.get(loc.name, (None, None))[0] is loc.next,
                 build_progress=self.builds.progress(loc.next.env.key) if loc.next else None,
             )
             for loc in self.locations.values()
