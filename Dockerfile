@@ -5,6 +5,8 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
 # Python 3.11 from Debian; uv from PyPI (the runner calls the uv binary its package ships).
+# A file asking for another Python gets it from uv on first use, kept in the state volume
+# (/var/lib/runner/python); air-gapped sites set UV_PYTHON_DOWNLOADS=never (see README).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv ca-certificates util-linux tini \
@@ -19,7 +21,6 @@ ENV VIRTUAL_ENV=/app/.venv \
     PATH=/app/.venv/bin:$PATH \
     UV_CACHE_DIR=/var/cache/uv \
     UV_LINK_MODE=copy \
-    UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     RUNNER_SHARE=/opt/dagster \
     RUNNER_STATE_DIR=/var/lib/runner \
@@ -37,7 +38,8 @@ COPY --chown=dagster:dagster entrypoint.py ./
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt; fi \
  && uv sync --frozen --no-dev --python /app/.venv/bin/python
 
-# The share (code_location/ and dagster_home/), built environments, and the uv cache.
+# The share (code_location/ and dagster_home/), built environments and downloaded Pythons,
+# and the uv cache.
 VOLUME ["/opt/dagster", "/var/lib/runner", "/var/cache/uv"]
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \

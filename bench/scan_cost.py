@@ -4,8 +4,10 @@
 
 Builds a tree of N ``.py`` files (1% PEP 723 scripts, the rest helper modules, in folders of
 100) and times ``Scanner.scan`` after the first scan, when nothing changed: the steady cost of
-polling a network share. The baseline is ``os.scandir`` + ``stat`` of every file, the least
-any poller can do.
+polling a network share. Then the same with what the runner adds to each scan: a
+``.runnerignore`` at the top and in every folder, a ``.env`` per folder and the settings
+lookups for every location (in the share and a settings folder). The baseline is
+``os.scandir`` + ``stat`` of every file, the least any poller can do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from common import header, row, script
 
+from runner.location_env import SettingsFiles
 from runner.scan import Scanner
 from runner.supervisor import SCAN_CPU_SHARE
 
@@ -61,8 +64,18 @@ def main() -> None:
         first_ms = (time.process_time() - started) * 1000
         steady = cpu(lambda: scanner.scan(now=1))
         bare = cpu(lambda: walk_and_stat(root))
+        (root / ".runnerignore").write_text("tools/\ncli_*.py\n")
+        for folder in root.iterdir():
+            if folder.is_dir():
+                (folder / ".runnerignore").write_text("scratch_*.py\n")
+                (folder / ".env").write_text("TEAM=x\n")
+        settings = SettingsFiles([(root, "code_location"), (root.parent / "no-such", "s")])
+        full = Scanner(root, stable_for=0, settings=settings)
+        full.scan(now=0)
+        with_extras = cpu(lambda: full.scan(now=1))
     print(header(f"CPU per scan of {args.files} files ({len(first.desired)} locations)"))
     print(row("Scanner.scan, nothing changed", steady, "ms"))
+    print(row("  + ignore files and settings lookups", with_extras, "ms"))
     print(row("bare scandir + stat of every file", bare, "ms"))
     print(f"  first scan (reads and parses every file): {first_ms:.0f} ms")
     cost = statistics.median(steady) / 1000

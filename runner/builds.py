@@ -51,11 +51,11 @@ class Builds:
     def keys(self) -> set[str]:
         return set(self._started)
 
-    def start(self, spec: EnvSpec) -> None:
+    def start(self, spec: EnvSpec, *, refresh: bool = False) -> None:
         """Build ``spec`` in a worker; ``done`` hears the outcome."""
         self._started[spec.key] = self.clock()
         self._progress[spec.key] = "queued"
-        self._pool.submit(self._build, spec)
+        self._pool.submit(self._build, spec, refresh)
 
     def progress(self, key: str) -> str | None:
         return self._progress.get(key)
@@ -82,7 +82,7 @@ class Builds:
         self.store.cancel_builds()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _build(self, spec: EnvSpec) -> None:
+    def _build(self, spec: EnvSpec, refresh: bool) -> None:
         started = time.monotonic()
         env, error = None, None
 
@@ -90,10 +90,10 @@ class Builds:
             self._progress[spec.key] = text  # read by the loop, for status
 
         try:
-            env = self.store.build(spec, progress)
+            env = self.store.build(spec, progress, refresh=refresh)
         except BuildError as exc:
             error = exc
         except Exception as exc:
             log.exception("building env %s crashed", spec.short)
-            error = BuildError(f"building the environment failed: {exc}")
+            error = BuildError(f"building the environment failed: {exc}", transient=False)
         self._done(EnvDone(spec.key, env, error, time.monotonic() - started))

@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from . import instance, paths
+from . import instance, location_env, paths
 
 log = logging.getLogger("runner")
 
@@ -73,6 +74,10 @@ def _serve(args: argparse.Namespace) -> None:
         instance_home=where.instance_home,
         extra_requirements=extras,
         server_log_format="json" if args.log_format == "json" else "colored",
+        settings_dir=Path(os.environ["RUNNER_SETTINGS_DIR"]).resolve()
+        if os.environ.get("RUNNER_SETTINGS_DIR")
+        else None,
+        pass_env=tuple(location_env.pass_env_patterns()),
     )
     supervisor = Supervisor(settings)
     if args.metrics:

@@ -25,7 +25,7 @@ from typing import Any
 
 import uv
 
-from . import process, script
+from . import causes, process, pythons, script
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,12 @@ DAGSTER_VERSION = version("dagster")
 class BuildError(Exception):
     """uv could not build the environment; the message is uv's own explanation.
 
-    ``transient`` errors (the package index could not be reached) are worth retrying; the
-    others fail until the file changes.
+    ``transient`` errors (caused outside the file: a host down, the disk full) are worth
+    retrying; the others fail until the file changes. ``None``: not known yet (see
+    :mod:`causes`).
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
         super().__init__(message)
         self.transient = transient
 
@@ -104,10 +105,15 @@ class EnvStore:
         """A metadata-only copy of the script: what ``uv sync --script`` reads."""
         return self.root / ".scripts" / f"{key[:32]}.py"
 
-    def build(self, spec: EnvSpec, progress: Callable[[str], None] = lambda text: None) -> Env:
+    def build(
+        self, spec: EnvSpec, progress: Callable[[str], None] = lambda text: None, *,
+        refresh: bool = False,
+    ) -> Env:  # fmt: skip
         """Build the environment for ``spec`` unless it exists; raise :class:`BuildError`.
 
         ``progress`` hears what the build is doing, from uv's own summary lines, as it goes.
+        ``refresh``: ask the indexes again instead of trusting uv's cache (a retry asked for
+        by a user: the package may have been published since).
         """
         existing = self.get(spec)
         if existing is not None:
@@ -116,52 +122,91 @@ class EnvStore:
         meta_script.parent.mkdir(parents=True, exist_ok=True)
         meta_script.write_text(script.render_block(spec.metadata))
         staging = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
-        env = _uv_env()
+        env = _uv_env(self.root.parent / "python")
         started = time.monotonic()
         try:
-            progress("finding a Python interpreter")
-            python = self._find_python(meta_script, spec, env)
-            env["VIRTUAL_ENV"] = str(staging)
-            self._uv(
-                ["venv", "--relocatable", "--quiet", "--python", python, str(staging)],
-                env,
-                cwd=meta_script.parent,
-            )
-            progress("resolving dependencies")
-            self._uv(
-                ["sync", "--script", str(meta_script), "--active", "--no-progress"],
-                env,
-                cwd=meta_script.parent,
-                on_line=lambda line: _report(line, progress),
-            )
-            final = self.path(spec.key)
-            try:
-                staging.rename(final)
-            except OSError:
-                if not (final / "pyvenv.cfg").exists():  # not a concurrent twin: a real failure
-                    raise
+            final = self._build(spec, meta_script, staging, env, progress, refresh)
+        except BuildError as exc:
+            raise self._classified(exc, spec, env) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log.debug("built env %s in %.1fs", spec.short, time.monotonic() - started)
         return Env(spec.key, final)
 
-    def _find_python(self, meta_script: Path, spec: EnvSpec, env: dict[str, str]) -> str:
-        """The interpreter ``uv run --script`` would use, or a clear error."""
+    def _build(
+        self, spec: EnvSpec, meta_script: Path, staging: Path, env: dict[str, str],
+        progress: Callable[[str], None], refresh: bool,
+    ) -> Path:  # fmt: skip
+        progress("finding a Python interpreter")
+        python = self._find_python(meta_script, spec, env)
+        env = {**env, "VIRTUAL_ENV": str(staging)}
+        self._uv(
+            ["venv", "--relocatable", "--quiet", "--python", python, str(staging)],
+            env,
+            cwd=meta_script.parent,
+        )
+        progress("resolving dependencies")
+        self._uv(
+            ["sync", "--script", str(meta_script), "--active", "--no-progress"]
+            + (["--refresh"] if refresh else []),
+            env,
+            cwd=meta_script.parent,
+            on_line=lambda line: _report(line, progress),
+        )
+        final = self.path(spec.key)
         try:
-            return self._uv(
-                ["python", "find", "--script", str(meta_script)], env, cwd=meta_script.parent
-            ).strip()
-        except BuildError as exc:
-            wanted = spec.metadata.get("requires-python", "any")
-            hint = ""
-            if env.get("UV_PYTHON_DOWNLOADS") == "never":
-                hint = (
-                    " The runner does not download interpreters (UV_PYTHON_DOWNLOADS=never):"
-                    " install one, or relax requires-python."
-                )
-            raise BuildError(
-                f"no Python interpreter here satisfies requires-python = {wanted!r}.{hint}\n{exc}"
-            ) from None
+            staging.rename(final)
+        except OSError:
+            if not (final / "pyvenv.cfg").exists():  # not a concurrent twin: a real failure
+                raise
+        return final
+
+    def _classified(self, exc: BuildError, spec: EnvSpec, env: dict[str, str]) -> BuildError:
+        """A failure caused outside the file (a host down, the disk full) is transient,
+        whatever uv's wording."""
+        if exc.transient is not None:
+            return exc
+        text = str(exc)
+        hosts = causes.hosts_needed(spec.metadata, text, env)
+        cause = causes.outside_cause(hosts, self.root, text)
+        return BuildError(f"{cause}:\n{text}", transient=True) if cause else exc
+
+    def _find_python(self, meta_script: Path, spec: EnvSpec, env: dict[str, str]) -> str:
+        """The interpreter ``uv run --script`` would use (downloaded, if uv may), or one
+        clear paragraph saying which versions there are."""
+        find = ["python", "find", "--script", str(meta_script)]
+        cwd = meta_script.parent
+        try:
+            return self._uv(find, env, cwd=cwd).strip()
+        except BuildError:
+            pass
+        wanted = str(spec.metadata.get("requires-python", "any"))
+        downloads = pythons.downloads_allowed(env)
+        why = ""
+        if downloads:
+            try:
+                self._uv(["python", "install", "--no-progress", wanted], env, cwd=cwd)
+                return self._uv(find, env, cwd=cwd).strip()
+            except BuildError as exc:
+                why = _first_error(str(exc))
+                cause = causes.outside_cause(causes.hosts_named(str(exc)), self.root, str(exc))
+                if cause:
+                    raise BuildError(
+                        f"downloading a Python for requires-python = {wanted!r} failed: {cause}",
+                        transient=True,
+                    ) from None
+        try:
+            listed = self._uv(
+                ["python", "list", "--only-installed", "--output-format", "json"], env, cwd=cwd
+            )
+        except BuildError:
+            listed = "[]"
+        raise BuildError(
+            pythons.missing_message(
+                wanted, pythons.installed_versions(listed), downloads=downloads, why=why
+            ),
+            transient=False,
+        ) from None
 
     def _uv(
         self,
@@ -198,7 +243,7 @@ class EnvStore:
             text = (err or out).decode(errors="replace")
             if proc.returncode < 0:
                 raise BuildError(f"uv {process.describe_exit(proc.returncode)}", transient=True)
-            raise BuildError(explain_uv_failure(text), transient=_unreachable(text))
+            raise BuildError(explain_uv_failure(text))
         return out.decode(errors="replace")
 
     def cancel_builds(self) -> None:
@@ -213,14 +258,23 @@ class EnvStore:
         self.script_path(key).unlink(missing_ok=True)
 
 
-def _uv_env() -> dict[str, str]:
+def _uv_env(python_dir: Path) -> dict[str, str]:
+    """uv's environment: interpreters of version managers findable, downloads (uv's default,
+    unless ``UV_PYTHON_DOWNLOADS=never``) kept in the runner's state."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = pythons.search_path(env)
+    env.setdefault("UV_PYTHON_INSTALL_DIR", str(python_dir))
     env["UV_COMPILE_BYTECODE"] = "1"
-    # A script asking for a Python we do not have must fail clearly, not start a download.
-    env.setdefault("UV_PYTHON_DOWNLOADS", "never")
     env["NO_COLOR"] = "1"
     return env
+
+
+def _first_error(text: str) -> str:
+    """uv's first ``error:`` line (its own summary), else its first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
+    return (errors or lines or ["uv failed without saying why"])[0]
 
 
 #: uv's summary line after each phase, and what the build does next.
@@ -240,17 +294,6 @@ def _report(line: str, progress: Callable[[str], None]) -> None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_NETWORK = re.compile(
-    r"Failed to fetch|error sending request|dns error|tcp connect error|Connection refused"
-    r"|connection reset|operation timed out|Request failed after \d+ retries"
-    r"|network is unreachable",
-    re.IGNORECASE,
-)
-
-
-def _unreachable(output: str) -> bool:
-    """Whether uv failed because the package index could not be reached."""
-    return bool(_NETWORK.search(output))
 
 
 def explain_uv_failure(output: str) -> str:

@@ -11,6 +11,7 @@ the OS picks, with one worker thread.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -37,9 +38,10 @@ def summarize(info: SerializableErrorInfo) -> str:
 
 
 class _Servicer(DagsterApiServicer):
-    def __init__(self, serialized_error: str, server_id: str) -> None:
+    def __init__(self, serialized_error: str, server_id: str, on_reload: Callable[[], None]):
         self._error = serialized_error
         self._server_id = server_id
+        self._on_reload = on_reload
 
     def Ping(self, request, context):
         return dagster_api_pb2.PingReply(echo=request.echo)
@@ -50,6 +52,11 @@ class _Servicer(DagsterApiServicer):
     def GetServerId(self, request, context):
         return dagster_api_pb2.GetServerIdReply(server_id=self._server_id)
 
+    def ReloadCode(self, request, context):
+        # The UI's Reload on this location: the runner tries the file again.
+        self._on_reload()
+        return dagster_api_pb2.ReloadCodeReply()
+
     def ListRepositories(self, request, context):
         return dagster_api_pb2.ListRepositoriesReply(
             serialized_list_repositories_response_or_error=self._error
@@ -57,25 +64,25 @@ class _Servicer(DagsterApiServicer):
 
 
 class ErrorServer:
-    """Answers ListRepositories with ``error`` for one location, until stopped."""
+    """Answers ListRepositories with ``error`` for one location, until stopped; the UI's
+    Reload calls ``on_reload`` (from a gRPC thread)."""
 
-    def __init__(self, location: str, error: SerializableErrorInfo, *, host: str) -> None:
+    def __init__(
+        self, location: str, error: SerializableErrorInfo, *, host: str,
+        on_reload: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
         self.location = location
         self.error = error
         self.host = host
         self.server_id = f"{location}-error-{uuid.uuid4().hex[:12]}"
         self._server = grpc.server(ThreadPoolExecutor(max_workers=1, thread_name_prefix="error"))
         add_DagsterApiServicer_to_server(
-            _Servicer(serialize_value(error), self.server_id), self._server
+            _Servicer(serialize_value(error), self.server_id, on_reload), self._server
         )
         self.port = self._server.add_insecure_port(f"{host}:0")
         if not self.port:
             raise OSError(f"cannot bind an error server on {host}")
         self._server.start()
-
-    @property
-    def message(self) -> str:
-        return self.error.message
 
     def exited(self) -> int | None:
         return None

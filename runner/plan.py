@@ -39,6 +39,7 @@ class Generation:
     spawned: float | None = None  # monotonic time its server was started
     ready: bool = False  # answered and loaded; served once its file is stable
     load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
+    ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
 
     @property
     def digest(self) -> str:
@@ -61,6 +62,7 @@ class Location:
     retry_digest: str | None = None  # this version is retried (crash, unreachable index)...
     retry_at: float | None = None  # ...at this time
     attempts: int = 0  # consecutive crashes or transient failures, for the backoff
+    refresh: bool = False  # the next build asks the indexes again (a retry from the UI)
     # For ``python -m runner status`` (wall-clock times):
     last_loaded: float | None = None  # a version last loaded without error
     last_error: SerializableErrorInfo | None = None  # kept after recovery

@@ -5,8 +5,8 @@ after another: with 50 locations that is about 2 s in each of them for every fil
 saves, and every ``dagster api grpc`` server logs a warning that it cannot reload. The
 runner's entries name the server they expect (``additional_metadata.server_id``): an entry
 whose origin is unchanged points at the same process, which never changes its code, so its
-loaded copy stays as it is. Everything else (entries that are new, changed, in error, or
-the user's own static entries) is loaded as Dagster would.
+loaded copy (or its load error) stays as it is. Everything else (entries that are new,
+changed, unreachable, or the user's own static entries) is loaded as Dagster would.
 
 This leans on Dagster's internals (``WorkspaceProcessContext``), pinned by the project's
 Dagster range and kept to this module; ``tests/test_reload.py`` fails loudly if they move.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dagster._core.remote_origin import CodeLocationOrigin, GrpcServerCodeLocationOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.workspace import CodeLocationEntry, CurrentWorkspace
+from dagster._utils.error import SerializableErrorInfo
 
 from .workspace import SERVER_ID
 
@@ -35,14 +36,22 @@ class Outcome:
 
 
 def keeps(entry: CodeLocationEntry | None, origin: CodeLocationOrigin) -> bool:
-    """An entry that can stay as it is: same origin, naming its server, loaded fine."""
-    return (
-        entry is not None
-        and _names_server(origin)
-        and entry.origin == origin
-        and entry.code_location is not None
-        and entry.load_error is None
-    )
+    """An entry that can stay as it is: same origin, naming its server, and either loaded
+    or showing that server's own error (a file that failed to load fails the same way again:
+    reloading it at every publish only repeats the traceback in every log). An entry whose
+    server could not be reached is loaded again."""
+    if entry is None or not _names_server(origin) or entry.origin != origin:
+        return False
+    if entry.load_error is not None:
+        return not _unreachable(entry.load_error)
+    return entry.code_location is not None
+
+
+def _unreachable(error: SerializableErrorInfo) -> bool:
+    causes = [error]
+    while causes[-1].cause is not None or causes[-1].context is not None:
+        causes.append(causes[-1].cause or causes[-1].context)  # type: ignore[arg-type]
+    return any(info.cls_name == "DagsterUserCodeUnreachableError" for info in causes)
 
 
 def refresh_changed(context: WorkspaceProcessContext, *, reload: bool) -> Outcome:

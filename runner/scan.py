@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import script
+from . import ignore, script
+from .location_env import LocationSettings, SettingsFiles
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class LocationSpec:
     path: Path
     digest: str
     metadata: script.ScriptMetadata
+    #: Its settings files (their digest is part of ``digest``).
+    settings: LocationSettings = field(default_factory=LocationSettings)
 
 
 @dataclass(frozen=True)
@@ -72,34 +75,22 @@ def is_candidate(name: str) -> bool:
     return name.endswith(".py") and not name.startswith((".", "#", "~"))
 
 
-def _walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
-    try:
-        entries = list(os.scandir(root / rel if rel else root))
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        log.warning("cannot list %s: %s", root / rel, exc)
-        return
-    for entry in entries:
-        relpath = f"{rel}/{entry.name}" if rel else entry.name
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith((".", "__pycache__")):
-                    yield from _walk(root, relpath)
-            elif is_candidate(entry.name) and entry.is_file():
-                yield relpath, entry.stat()
-        except OSError:  # vanished between listing and stat
-            continue
-
-
 class Scanner:
     """Keeps what it saw between scans, so unchanged files are not read again."""
 
-    def __init__(self, root: Path, *, stable_for: float = 1.0) -> None:
+    def __init__(
+        self, root: Path, *, stable_for: float = 1.0, settings: SettingsFiles | None = None
+    ) -> None:
         self.root = root
         self.stable_for = stable_for
+        self.settings = settings
         self._seen: dict[str, _Seen] = {}
         self._written: dict[str, tuple[int, int]] = {}  # relpath -> signature when complete
         self._changed = True  # something was admitted or removed since the last scan
         self._desired: dict[str, Desired] = {}  # the last scan's desired set
+        self.ignores = ignore.IgnoreFiles(root)
+        #: Files and folders an ignore file leaves out, and why (for ``status``).
+        self.ignored: dict[str, str] = {}
 
     def mark_written(self, path: str) -> None:
         """A local writer closed ``path`` (or renamed it into place): it is complete as is."""
@@ -114,7 +105,8 @@ class Scanner:
         """Look at every file; the cost of a scan where nothing changed is one stat each."""
         result = ScanResult(desired={})
         present: set[str] = set()
-        for relpath, st in _walk(self.root):
+        self.ignored = {}
+        for relpath, st in self._walk():
             present.add(relpath)
             signature = (st.st_size, st.st_mtime_ns)
             seen = self._seen.get(relpath)
@@ -142,9 +134,60 @@ class Scanner:
             stable = {s.result.name: s.result for s in self._seen.values() if s.result is not None}
             self._desired = self._with_helpers(stable)
             self._changed = False
-        result.desired = dict(self._desired)
-        result.early = self._with_helpers(result.early) if result.early else {}
+        result.desired = self._with_settings(self._desired)
+        result.early = self._with_settings(self._with_helpers(result.early)) if result.early else {}
         return result
+
+    def _with_settings(self, specs: dict[str, Desired]) -> dict[str, Desired]:
+        """Attach each location's settings files and fold them into its digest, so that a
+        settings edit reloads the locations it applies to (a few stats per location)."""
+        if self.settings is None:
+            return dict(specs)
+        out: dict[str, Desired] = {}
+        for name, spec in specs.items():
+            if isinstance(spec, LocationSpec):
+                found = self.settings.lookup(spec.relpath)
+                if found.error is not None:
+                    failed = script.digest_bytes(f"{spec.digest}\n{found.error}".encode())
+                    spec = SpecError(name, spec.relpath, spec.path, failed, found.error)
+                elif found.files:
+                    combined = script.digest_bytes(f"{spec.digest}\n{found.digest}".encode())
+                    spec = dataclasses.replace(spec, digest=combined, settings=found)
+            out[name] = spec
+        return out
+
+    def _walk(
+        self, rel: str = "", rules: ignore.Rules = ()
+    ) -> Iterator[tuple[str, os.stat_result]]:
+        """Candidate files below ``rel``, leaving out what ignore files say (ignored folders
+        are not entered)."""
+        folder = self.root / rel if rel else self.root
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            log.warning("cannot list %s: %s", folder, exc)
+            return
+        if any(e.name == ignore.IGNORE_NAME for e in entries):
+            rules = (*rules, self.ignores.rules(rel))
+        for entry in entries:
+            relpath = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name.startswith((".", "__pycache__")):
+                        continue
+                    why = ignore.why_ignored(rules, relpath, is_dir=True)
+                    if why:
+                        self.ignored[relpath + "/"] = why
+                    else:
+                        yield from self._walk(relpath, rules)
+                elif is_candidate(entry.name) and entry.is_file():
+                    why = ignore.why_ignored(rules, relpath, is_dir=False)
+                    if why:
+                        self.ignored[relpath] = why
+                    else:
+                        yield relpath, entry.stat()
+            except OSError:  # vanished between listing and stat
+                continue
 
     def _with_helpers(self, specs: dict[str, Desired]) -> dict[str, Desired]:
         """Fold the folder's helper modules into each location's digest, so that editing

@@ -9,8 +9,8 @@ stale server on the same port would answer too).
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import socket
 import subprocess
 import time
@@ -57,6 +57,7 @@ class CodeServer:
     port: int
     server_id: str
     proc: subprocess.Popen
+    sidecar: Sidecar
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -125,6 +126,7 @@ class CodeServer:
             graceful=lambda: client.shutdown_server(timeout=5),
             grace=grace,
         )
+        self.sidecar.remove()
 
     def _terminate_runs(
         self, client: DagsterGrpcClient, terminate: Callable[[str], object]
@@ -144,25 +146,74 @@ def load_error(serialized: str) -> SerializableErrorInfo | None:
     return value if isinstance(value, SerializableErrorInfo) else None
 
 
+#: Starts ``dagster api grpc`` with the runner's hooks (Reload, dropped definitions).
+BOOT = Path(__file__).parent / "boot" / "codeserver.py"
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Files a server and the runner talk through (in the runner's state, per server)."""
+
+    folder: Path
+    server_id: str
+
+    @property
+    def reload_request(self) -> Path:
+        return self.folder / f"{self.server_id}.reload"
+
+    @property
+    def load_report(self) -> Path:
+        return self.folder / f"{self.server_id}.json"
+
+    def reload_requested(self) -> bool:
+        """The UI's Reload asked this server to reload its code (once per request)."""
+        try:
+            self.reload_request.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def ignored(self) -> list[str]:
+        """Jobs, schedules and sensors Dagster dropped from a file without Definitions."""
+        try:
+            report = json.loads(self.load_report.read_text())
+        except (OSError, ValueError):
+            return []
+        return [f"{item['kind']} {item['name']}" for item in report.get("ignored", [])]
+
+    def remove(self) -> None:
+        self.reload_request.unlink(missing_ok=True)
+        self.load_report.unlink(missing_ok=True)
+
+
 def start(
     *,
     location: str,
     python: Path,
     file: Path,
     host: str,
-    log_level: str = "info",
+    env: dict[str, str],
+    workdir: Path,
+    sidecars: Path,
     log_format: str = "colored",
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
 
-    The server writes no bytecode (the code folder may be read-only, and the runner never
-    writes there); the environment's own bytecode was compiled when it was built, and
-    ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
+    It runs in ``workdir``, the location's scratch folder outside the share, so a run that
+    writes a relative path writes there; ``--working-directory`` stays the file's folder, so
+    its helper modules import. ``env`` is all it sees of an environment (see
+    :mod:`location_env`). The server writes no bytecode (the code folder may be read-only,
+    and the runner never writes there); the environment's own bytecode was compiled when it
+    was built, and ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
     """
     port = free_port(host)
     server_id = f"{location}-{uuid.uuid4().hex[:12]}"
+    sidecar = Sidecar(sidecars, server_id)
+    sidecars.mkdir(parents=True, exist_ok=True)
+    sidecar.remove()
+    workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        str(python), "-m", "dagster", "api", "grpc",
+        str(python), str(BOOT),
         "--python-file", str(file),
         "--working-directory", str(file.parent),
         "--host", host,
@@ -170,14 +221,16 @@ def start(
         "--location-name", location,
         "--lazy-load-user-code",
         "--fixed-server-id", server_id,
-        "--log-level", log_level,
         "--log-format", log_format,
     ]  # fmt: skip
-    env = dict(os.environ)
-    env.pop("VIRTUAL_ENV", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    proc = process.spawn(argv, env=env, cwd=file.parent)
+    env = {
+        **env,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "RUNNER_RELOAD_REQUEST": str(sidecar.reload_request),
+        "RUNNER_LOAD_REPORT": str(sidecar.load_report),
+    }
+    proc = process.spawn(argv, env=env, cwd=workdir)
     return CodeServer(
         location=location,
         python=python,
@@ -186,4 +239,5 @@ def start(
         port=port,
         server_id=server_id,
         proc=proc,
+        sidecar=sidecar,
     )

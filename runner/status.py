@@ -25,7 +25,16 @@ from .workspace import write_if_changed
 STATUS_NAME = ".runner-status.json"
 HEARTBEAT_EVERY = 5.0
 STALE_AFTER = 20.0
-STATES = ("waiting-for-stable", "building-env", "starting", "serving", "failed", "retiring")
+STATES = (
+    "waiting-for-stable",
+    "building-env",
+    "starting",
+    "serving",
+    "failed",
+    "retrying",
+    "retiring",
+    "ignored",
+)
 
 
 @dataclass(frozen=True)
@@ -39,8 +48,12 @@ class FileStatus:
     env_path: str | None = None
     port: int | None = None  # of the server the workspace points at
     pid: int | None = None
-    serving: bool = False  # a server answers for this location (perhaps the last good one)
+    serving: bool = False  # a version that loaded answers (perhaps the last good one)
     progress: str | None = None  # what a build in progress is doing
+    warning: str | None = None  # what the UI shows with the location (dropped definitions)
+    settings: tuple[str, ...] = ()  # settings files that apply, and...
+    variables: tuple[str, ...] = ()  # ...the names (never the values) they set
+    ignored_by: str | None = None  # the ignore file and line that leave this file out
     error: str | None = None  # why it failed, in full, while it is failed
     last_error: str | None = None  # the most recent error, kept after recovery
     last_error_at: float | None = None
@@ -58,8 +71,9 @@ def describe(
 ) -> FileStatus:
     """One location's row; its state follows from the generations the runner holds for it."""
     cur, nxt = loc.current, loc.next
-    serving = cur is not None and cur.alive()
-    error = loc.error or (cur.load_error if serving and cur is not None else None)
+    alive = cur is not None and cur.alive()
+    serving = alive and cur is not None and cur.load_error is None
+    error = loc.error or (cur.load_error if alive and cur is not None else None)
     progress = None
     if nxt is not None:
         if waiting_to_start:
@@ -69,21 +83,38 @@ def describe(
         else:
             state = "starting" if not nxt.ready else "waiting-for-stable"
     elif error is not None:
-        state = "failed"
+        state = "retrying" if loc.retry_at is not None else "failed"
     else:
         state = "serving" if serving else "starting"
     gen = nxt or cur
-    server = (cur.server if serving and cur is not None else None) or (nxt and nxt.server)
+    server = (cur.server if alive and cur is not None else None) or (nxt and nxt.server)
+    shown = cur if alive else None
     return FileStatus(
         file=file, location=loc.name, state=state,
         env=gen.env.short if gen else None,
         env_path=str(env_path(gen.env.key)) if gen else None,
         port=server.port if server else None, pid=getattr(server, "pid", None),
         serving=serving, progress=progress,
+        warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
+        settings=gen.spec.settings.files if gen else (),
+        variables=gen.spec.settings.names if gen else (),
         error=error.to_string() if error else None,
         last_error=loc.last_error.to_string() if loc.last_error else None,
         last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
     )  # fmt: skip
+
+
+def ignored_warning(ignored: tuple[str, ...]) -> str:
+    """What to say about definitions Dagster dropped from a file without ``Definitions``."""
+    return (
+        f"no Definitions in the file: Dagster loaded only its assets and ignored "
+        f"{', '.join(ignored)}; list them in a dg.Definitions(...) to serve them"
+    )
+
+
+def ignored(relpath: str, why: str) -> FileStatus:
+    """The row of a file an ignore file leaves out."""
+    return FileStatus(file=relpath, location="-", state="ignored", ignored_by=why)
 
 
 def retiring(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
@@ -215,8 +246,18 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
     for row in files:
         if row.get("progress"):
             lines.append(f"\n{row['location']}: {row['progress']}")
+        if row.get("ignored_by"):
+            lines.append(f"\n{row['file']}: ignored ({row['ignored_by']})")
+        if row.get("warning"):
+            lines.append(f"\n{row['location']} warning: {row['warning']}")
+        if row.get("settings"):
+            lines.append(
+                f"\n{row['location']} settings: {', '.join(row['settings'])} "
+                f"({', '.join(row.get('variables') or []) or 'no variables'})"
+            )
         if row.get("error"):
-            lines.append(f"\n{row['location']} failed:\n" + _indent(row["error"].rstrip()))
+            verb = "is retrying" if row["state"] == "retrying" else "failed"
+            lines.append(f"\n{row['location']} {verb}:\n" + _indent(row["error"].rstrip()))
     return "\n".join(lines) + "\n"
 
 

@@ -29,11 +29,12 @@ from pathlib import Path
 from dagster._utils.error import SerializableErrorInfo
 
 from . import env as envs
-from . import metrics, script, status
+from . import location_env, metrics, script, status
 from . import server as servers
 from .builds import Builds, EnvDone
 from .errors import ErrorServer, error_info, summarize
 from .instance import open_instance
+from .location_env import SettingsFiles
 from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
 from .process import describe_exit
 from .publish import Publisher
@@ -84,6 +85,10 @@ class Settings:
     extra_requirements: tuple[str, ...] = ()
     #: Dagster's log format for the code servers: colored or json.
     server_log_format: str = "colored"
+    #: Settings files outside the share (secrets), laid out like code_location/; they win.
+    settings_dir: Path | None = None
+    #: More of the service's environment for every location: names or ``PREFIX*``.
+    pass_env: tuple[str, ...] = ()
 
 
 # --- messages from workers ------------------------------------------------------------
@@ -106,9 +111,17 @@ class _ServerDone:
     load_error: SerializableErrorInfo | None
     error: str | None
     seconds: float  # from spawn to ready (or to the failure)
+    ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
 
 
-Message = _Wake | _Written | EnvDone | _ServerDone | Stopped
+@dataclass(frozen=True)
+class _Retry:
+    """The UI's Reload on a location: try its file again now (``name``: the entry's)."""
+
+    name: str
+
+
+Message = _Wake | _Written | EnvDone | _ServerDone | _Retry | Stopped
 
 
 class Supervisor:
@@ -122,7 +135,16 @@ class Supervisor:
         self.settings = settings
         self.clock = clock
         self.store = store or envs.EnvStore(settings.state_dir / "envs")
-        self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for)
+        roots = [(settings.code_dir, settings.code_dir.name)]
+        if settings.settings_dir is not None:
+            roots.append((settings.settings_dir, str(settings.settings_dir)))
+        self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for,
+                               settings=SettingsFiles(roots))  # fmt: skip
+        home = settings.instance_home or settings.workspace_path.parent
+        self._inherited = location_env.inherited(
+            os.environ, also=[*location_env.instance_variables(home / "dagster.yaml"),
+                              *settings.pass_env],
+        )  # fmt: skip
         self.static = StaticSource(settings.workspace_path.parent / STATIC_NAME)
         self.locations: dict[str, Location] = {}
         self.inbox: queue.Queue[Message] = queue.Queue()
@@ -229,6 +251,8 @@ class Supervisor:
             self._on_env(msg)
         elif isinstance(msg, _ServerDone):
             self._on_server(msg)
+        elif isinstance(msg, _Retry):
+            self._retry(msg.name)
         elif isinstance(msg, Stopped):
             self.retirements.stopped(msg)
             if msg.item.env_key is not None:
@@ -255,6 +279,25 @@ class Supervisor:
                      period)  # fmt: skip
         self._rescan_period = period
         return scan.next_due
+
+    def _retry(self, entry_name: str) -> None:
+        """Try a location's file again now: after a failure, build it afresh (the index is
+        asked again); while it serves, start a new server and swap, as ``dagster
+        code-server start`` restarts its child."""
+        name = entry_name.removesuffix(FAILED_SUFFIX).removesuffix(COLLISION_SUFFIX)
+        loc, want = self.locations.get(name), self._desired.get(name)
+        if loc is None or want is None:
+            return
+        if loc.next is not None and loc.next.digest == want.digest:
+            return  # already on its way
+        failed = (
+            loc.error is not None
+            or loc.failed_digest is not None
+            or (loc.current is not None and loc.current.load_error is not None)
+        )
+        log.info("%s: %s asked from the UI", name, "retry" if failed else "restart")
+        loc.failed_digest, loc.attempts, loc.refresh = None, 0, failed
+        loc.retry_digest, loc.retry_at = want.digest, self.clock()
 
     # -- actions --------------------------------------------------------------------------
 
@@ -295,7 +338,8 @@ class Supervisor:
             added = f" (adding {', '.join(env_spec.added)}: the file does not list it)"
             log.info("building env %s for %s%s", env_spec.short, spec.name,
                      added if env_spec.added else "")  # fmt: skip
-            self.builds.start(env_spec)
+            self.builds.start(env_spec, refresh=loc.refresh)
+        loc.refresh = False
 
     def _on_env(self, msg: EnvDone) -> None:
         self.builds.finished(msg)
@@ -307,7 +351,8 @@ class Supervisor:
                 loc.attempts = 0
                 self._queued[loc.name] = (gen, msg.env)
             elif msg.error is not None and msg.error.transient:
-                self._fail(loc, gen, f"the package index could not be reached:\n{msg.error}",
+                metrics.FAILURES.labels(stage="env").inc()
+                self._fail(loc, gen, f"could not build the environment: {msg.error}",
                            transient=True)  # fmt: skip
             else:
                 metrics.FAILURES.labels(stage="env").inc()
@@ -343,6 +388,9 @@ class Supervisor:
                 python=env.python,
                 file=gen.spec.path,
                 host=self.settings.host,
+                env={**self._inherited, **gen.spec.settings.values},
+                workdir=self.settings.state_dir / "work" / loc.name,
+                sidecars=self.settings.state_dir / "servers",
                 log_format=self.settings.server_log_format,
             )
         except OSError as exc:
@@ -362,7 +410,8 @@ class Supervisor:
         except Exception as exc:
             error = f"unexpected error: {exc}"
         seconds = time.monotonic() - server.started
-        self.inbox.put(_ServerDone(name, gen, load_error, error, seconds))
+        ignored = tuple(server.sidecar.ignored()) if error is None else ()
+        self.inbox.put(_ServerDone(name, gen, load_error, error, seconds, ignored))
 
     def _on_server(self, msg: _ServerDone) -> None:
         loc = self.locations.get(msg.name)
@@ -380,7 +429,7 @@ class Supervisor:
             # Dagster's own error for the new version; the last good one keeps serving.
             self._fail(loc, gen, msg.load_error)
             return
-        gen.ready, gen.load_error = True, msg.load_error
+        gen.ready, gen.load_error, gen.ignored = True, msg.load_error, msg.ignored
         self._promote(loc)
 
     def _promote(self, loc: Location) -> None:
@@ -393,6 +442,8 @@ class Supervisor:
         if gen.load_error is not None:
             log.error("%s: the file failed to load (shown in the UI): %s", loc.name,
                       summarize(gen.load_error))  # fmt: skip
+        if gen.ignored:
+            log.warning("%s: %s", loc.name, status.ignored_warning(gen.ignored))
         log.info("serving %s on port %d (pid %d), ready in %.1fs", loc.name, gen.server.port,
                  getattr(gen.server, "pid", 0), self.clock() - gen.started)  # fmt: skip
         old = loc.current
@@ -453,10 +504,14 @@ class Supervisor:
         loc.next = None
 
     def _reap(self) -> None:
-        """Notice servers that died on their own and schedule a restart with backoff."""
+        """Notice servers that died on their own and schedule a restart with backoff, and
+        servers the UI asked to reload."""
         now = self.clock()
-        for loc in self.locations.values():
+        for loc in list(self.locations.values()):
             gen = loc.current
+            sidecar = getattr(gen.server, "sidecar", None) if gen is not None else None
+            if sidecar is not None and sidecar.reload_requested():
+                self._retry(loc.name)
             if gen is None or gen.server is None or loc.next is not None:
                 continue
             if loc.retry_at is not None or gen.alive():
@@ -501,7 +556,9 @@ class Supervisor:
             loc.last_error, loc.last_error_at = info, time.time()
         if info is not None and loc.error_server is None:
             try:
-                loc.error_server = ErrorServer(loc.name, info, host=self.settings.host)
+                retry = _Retry(loc.name)
+                loc.error_server = ErrorServer(loc.name, info, host=self.settings.host,
+                                               on_reload=lambda: self.inbox.put(retry))  # fmt: skip
             except OSError as exc:
                 log.error("%s: cannot show its error in the UI: %s", loc.name, exc)
 
@@ -511,8 +568,9 @@ class Supervisor:
             current = loc.current
             if current is not None and current.server is not None and current.alive():
                 broken, file = current.load_error is not None, current.spec.relpath
+                warning = status.ignored_warning(current.ignored) if current.ignored else ""
                 out.append(Entry(loc.name, host, current.server.port, broken, file,
-                                 current.server.server_id))  # fmt: skip
+                                 current.server.server_id, warning))  # fmt: skip
                 if loc.error_server is not None:
                     out.append(Entry(loc.name + FAILED_SUFFIX, host, loc.error_server.port, True,
                                      file, loc.error_server.server_id))  # fmt: skip
@@ -564,6 +622,7 @@ class Supervisor:
         for item in self.retirements.items():
             if item.gen is not None:
                 rows.append(status.retiring(item.gen, env_path=path))
+        rows += [status.ignored(relpath, why) for relpath, why in self.scanner.ignored.items()]
         for relpath in self._pending:
             name = script.location_name(relpath)
             if name not in self.locations:

@@ -34,12 +34,15 @@ class Entry:
     expect_error: bool = False
     file: str = ""  # the file on the share, shown with the location in the UI
     server_id: str = ""  # the id of the server on ``port``
+    warning: str = ""  # shown with the location in the UI (e.g. definitions Dagster dropped)
 
 
 def _grpc_server(entry: Entry) -> dict:
     config: dict = {"host": entry.host, "port": entry.port, "location_name": entry.name}
     if entry.server_id:
-        config["additional_metadata"] = {"file": entry.file, SERVER_ID: entry.server_id}
+        metadata = {"file": entry.file, SERVER_ID: entry.server_id}
+        config["additional_metadata"] = {**metadata, **({"warning": entry.warning}
+                                                         if entry.warning else {})}  # fmt: skip
     return {"grpc_server": config}
 
 

@@ -22,9 +22,12 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, state_dir: Path
 ) -> Iterator[Service]:
-    """The whole service on a fresh share; a module may set SERVICE_ENV for its settings."""
+    """The whole service on a fresh share; a module may set SERVICE_ENV for its settings
+    (``{tmp}`` in a value: a fresh folder of the module's own, e.g. for settings files)."""
     share = tmp_path_factory.mktemp("share")
-    env = getattr(request.module, "SERVICE_ENV", None)
+    tmp = tmp_path_factory.mktemp("service-files")
+    env = {key: value.format(tmp=tmp) for key, value in
+           getattr(request.module, "SERVICE_ENV", {}).items()}  # fmt: skip
     svc = Service(share, state_dir, log=share.parent / f"{share.name}-service.log", env=env)
     try:
         yield svc

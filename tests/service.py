@@ -207,6 +207,7 @@ class Service(WebClient):
         env["RUNNER_STATE_DIR"] = str(state_dir)
         env["UV_PYTHON_DOWNLOADS"] = "never"
         env.update(extra_env or {})
+        self.env = env
         self.log_path = log
         self._log = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(

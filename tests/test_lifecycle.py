@@ -160,7 +160,7 @@ def test_rename_moves_the_location(service: Service) -> None:
         (
             "future_python",
             script(assets("x")).replace('">=3.11"', '">=3.99"'),
-            "no Python interpreter here satisfies requires-python = '>=3.99'",
+            "no Python satisfying requires-python = '>=3.99' is installed here",
         ),
         ("syntax_error", script("def broken(:\n    pass"), "SyntaxError"),
         ("import_error", script("import this_module_does_not_exist_4242"), "ModuleNotFoundError"),

@@ -6,6 +6,7 @@ tests fail loudly rather than the webserver and daemon quietly reloading stale e
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,10 @@ def start(tmp_path: Path) -> Iterator:
     def start(name: str, assets: list[str]) -> servers.CodeServer:
         path = tmp_path / f"{name}-{len(started)}.py"
         path.write_text(asset_file(assets))
-        server = servers.start(location=name, python=Path(sys.executable), file=path,
-                               host="127.0.0.1")  # fmt: skip
+        server = servers.start(
+            location=name, python=Path(sys.executable), file=path, host="127.0.0.1",
+            env=dict(os.environ), workdir=tmp_path / "work", sidecars=tmp_path / "servers",
+        )  # fmt: skip
         started.append(server)
         assert server.wait_ready(timeout=120) is None
         return server

@@ -165,3 +165,35 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
     assert (row.state, row.serving, row.pid, row.port) == ("failed", True, 42, 4000)
     assert "boom" in (row.error or "")
     assert state(Location("a", error=error_info("a.py: bad TOML"))) == ("failed", None)
+    assert state(Location("a", error=error_info("a.py: index down"), retry_at=10.0)) == (
+        "retrying", None)  # fmt: skip
+
+    # A version that never loaded is not "last good serving".
+    never = gen(Up(), ready=True)
+    never.load_error = error_info("SyntaxError")
+    row = describe(Location("a", current=never), file="a.py", waiting_to_start=False,
+                   build_progress=None, env_path=lambda key: Path("/envs") / key)  # fmt: skip
+    assert (row.state, row.serving, row.pid) == ("failed", False, 42)
+    snap = read_back(row)
+    assert "last good serving" not in render(snap, now=time.time())
+
+
+def read_back(row: FileStatus) -> Any:
+    from runner.status import Snapshot, _jsonable
+
+    return Snapshot({"pid": 1, "host": "h", "files": [_jsonable(row)]}, True, None)
+
+
+def test_ignored_files_warnings_and_settings_are_rendered_without_values() -> None:
+    from runner.status import Snapshot, _jsonable, ignored, ignored_warning
+
+    rows = [
+        ignored("tools/", ".runnerignore line 2: tools/"),
+        FileStatus(file="a.py", location="a", state="serving", serving=True,
+                   warning=ignored_warning(("job nightly", "sensor s")),
+                   settings=("code_location/.env",), variables=("API_TOKEN",)),
+    ]  # fmt: skip
+    text = render(Snapshot({"files": [_jsonable(r) for r in rows]}, True, None), now=time.time())
+    assert "tools/: ignored (.runnerignore line 2: tools/)" in text
+    assert "ignored job nightly, sensor s" in text
+    assert "a settings: code_location/.env (API_TOKEN)" in text

@@ -1,0 +1,96 @@
+"""Start ``dagster api grpc`` in a location's own environment, with two additions.
+
+Run by the environment's interpreter as ``python codeserver.py <dagster api grpc args>``;
+it imports only the standard library and Dagster (the runner itself is not installed in a
+file's environment), and behaves exactly like ``python -m dagster api grpc`` otherwise:
+
+* The UI's Reload on a location asks its server to reload its code. ``dagster api grpc``
+  cannot (it logs a warning and carries on); here it leaves a request in the file named by
+  ``RUNNER_RELOAD_REQUEST``, and the runner starts a fresh server for the location, the way
+  ``dagster code-server start`` restarts its child.
+* A file without a ``Definitions`` gets only its loose assets from Dagster: its jobs,
+  schedules and sensors are dropped without a word. What was dropped is written, as JSON, to
+  the file named by ``RUNNER_LOAD_REPORT``, for the runner to show on the location.
+
+Either addition is skipped if this Dagster version does not have what it hooks into.
+"""
+
+import json
+import os
+import sys
+
+
+def _write(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _hook_reload(request_file):
+    from dagster._grpc.__generated__ import dagster_api_pb2
+    from dagster._grpc.server import DagsterApiServer
+
+    def ReloadCode(self, request, context):
+        _write(request_file, "reload\n")
+        return dagster_api_pb2.ReloadCodeReply()
+
+    DagsterApiServer.ReloadCode = ReloadCode
+
+
+def _hook_autodiscovery(report_file):
+    from dagster import JobDefinition, ScheduleDefinition, SensorDefinition
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+    from dagster._core.workspace import autodiscovery
+
+    found = autodiscovery.loadable_targets_from_loaded_module
+    whole = tuple(
+        cls
+        for cls in (autodiscovery.Definitions, autodiscovery.RepositoryDefinition)
+        if isinstance(cls, type)
+    )
+    kinds = (
+        ("job", (JobDefinition, UnresolvedAssetJobDefinition)),
+        ("schedule", (ScheduleDefinition,)),
+        ("sensor", (SensorDefinition,)),
+    )
+
+    def loadable_targets_from_loaded_module(module):
+        targets = found(module)
+        picked = {id(t.target_definition) for t in targets}
+        dropped = []
+        if not any(isinstance(t.target_definition, whole) for t in targets) and not any(
+            type(t.target_definition).__name__ == "LazyDefinitions" for t in targets
+        ):
+            for kind, classes in kinds:
+                for name, value in sorted(vars(module).items()):
+                    if isinstance(value, classes) and id(value) not in picked:
+                        dropped.append({"kind": kind, "name": name})
+        _write(report_file, json.dumps({"ignored": dropped}))
+        return targets
+
+    autodiscovery.loadable_targets_from_loaded_module = loadable_targets_from_loaded_module
+
+
+def main():
+    sys.path[0] = os.getcwd()  # as ``python -m`` has it, not this file's folder
+    for variable, hook in (
+        ("RUNNER_RELOAD_REQUEST", _hook_reload),
+        ("RUNNER_LOAD_REPORT", _hook_autodiscovery),
+    ):
+        path = os.environ.pop(variable, None)  # not for the user's code, nor its runs
+        if path:
+            try:
+                hook(path)
+            except Exception as exc:  # another Dagster version: serve without it
+                print(f"runner: {variable} not available: {exc!r}", file=sys.stderr)
+    from dagster._cli import main as dagster_main
+
+    sys.argv = ["dagster", "api", "grpc", *sys.argv[1:]]
+    sys.exit(dagster_main())
+
+
+if __name__ == "__main__":
+    main()
