@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
 
 from runner import process  # noqa: E402
-from runner.server import free_port  # noqa: E402
+from runner.server import BOOT, free_port  # noqa: E402
 from tests.service import asset_file as script  # noqa: E402, F401 - the benches' files
 
 
@@ -29,16 +30,20 @@ class BareStart:
     rss: int  # bytes, after loading
 
 
-def bare_start(python: Path, file: Path) -> BareStart:
-    """Start a bare ``dagster api grpc`` for ``file`` (the hand-made way) and time it."""
+def bare_start(python: Path, file: Path, *, boot: bool = False) -> BareStart:
+    """Start a bare ``dagster api grpc`` for ``file`` (the hand-made way) and time it;
+    ``boot``: through the runner's boot script instead of ``python -m dagster``."""
     port = free_port("127.0.0.1")
     client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    command = [str(BOOT)] if boot else ["-m", "dagster", "api", "grpc"]
+    hooks = {"RUNNER_RELOAD_REQUEST": f"{file}.reload", "RUNNER_LOAD_REPORT": f"{file}.json"}
     started = time.perf_counter()
     proc = process.spawn(
-        [str(python), "-m", "dagster", "api", "grpc", "--python-file", str(file),
+        [str(python), *command, "--python-file", str(file),
          "--working-directory", str(file.parent), "--host", "127.0.0.1", "--port", str(port),
          "--lazy-load-user-code"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **hooks} if boot else None,
     )  # fmt: skip
     try:
         while True:

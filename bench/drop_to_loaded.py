@@ -8,7 +8,8 @@ is in place to the moment GraphQL reports its location LOADED, as the UI would s
   - "same env": files whose metadata matches an environment already built;
   - "new env":  files with new metadata (a new environment, built from the warm uv cache).
 The baseline, in the same run and environment: a bare ``dagster api grpc`` process, from
-spawn to answering a ping (and to having loaded the file). Also prints the RSS of one
+spawn to answering a ping (and to having loaded the file), and the same started through the
+runner's boot script (its Reload and dropped-definitions hooks). Also prints the RSS of one
 location's server process.
 """
 
@@ -70,7 +71,10 @@ def main() -> None:
             server = psutil.Process(pid)
             location_rss = server.memory_info().rss
             python = Path(server.cmdline()[0])
-            bare = [bare_start(python, code / "same_0.py") for _ in range(args.files)]
+            bare, booted = [], []
+            for _ in range(args.files):  # interleaved, so both see the same machine
+                bare.append(bare_start(python, code / "same_0.py"))
+                booted.append(bare_start(python, code / "same_0.py", boot=True))
         finally:
             service.stop()
 
@@ -85,6 +89,7 @@ def main() -> None:
         ("runner, new env (built from warm uv cache)", new),
         ("bare dagster api grpc: spawn -> ping", [b.ping for b in bare]),
         ("bare dagster api grpc: spawn -> file loaded", [b.loaded for b in bare]),
+        ("  the same through the runner's boot script", [b.loaded for b in booted]),
     ]
     for label, values in rows:
         print(

@@ -27,6 +27,11 @@ class FolderRules:
 Rules = tuple[FolderRules, ...]
 
 
+def ids(rules: Rules) -> tuple[int, ...]:
+    """Identifies a set of rules: a folder's parsed file is replaced when it changes."""
+    return tuple(id(rule) for rule in rules)
+
+
 def why_ignored(rules: Rules, relpath: str, *, is_dir: bool) -> str | None:
     """Which ignore file and line leave ``relpath`` out, or ``None`` if none does."""
     verdict: str | None = None
@@ -52,11 +57,33 @@ def _line_of(rule: FolderRules, index: int | None) -> tuple[int, str]:
 
 
 class IgnoreFiles:
-    """The parsed ignore file of each folder, kept until it changes."""
+    """The parsed ignore file of each folder, kept until it changes, and each path's verdict,
+    kept while the rules that apply to it stay the same (matching every file of a large
+    share against its patterns at every rescan would double the rescan's cost)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._cache: dict[str, tuple[tuple[int, int], FolderRules]] = {}
+        self._verdicts: dict[str, tuple[tuple[int, ...], str | None]] = {}
+        self._previous: dict[str, tuple[tuple[int, ...], str | None]] = {}
+
+    def begin_scan(self) -> None:
+        """Verdicts carry over only for paths the next scan sees again."""
+        self._previous, self._verdicts = self._verdicts, {}
+
+    def why(self, rules: Rules, relpath: str, *, is_dir: bool, key: tuple[int, ...]) -> str | None:
+        """:func:`why_ignored`, remembered per path while ``key`` (``ids(rules)``, computed
+        once per folder) stays the same."""
+        if not rules:
+            return None
+        known = self._previous.get(relpath)
+        verdict = (
+            known[1]
+            if known is not None and known[0] == key
+            else why_ignored(rules, relpath, is_dir=is_dir)
+        )
+        self._verdicts[relpath] = (key, verdict)
+        return verdict
 
     def rules(self, folder: str) -> FolderRules:
         path = self.root / folder / IGNORE_NAME

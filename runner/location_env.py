@@ -76,12 +76,21 @@ def parse(text: str, shown_as: str) -> dict[str, str]:
     return values
 
 
+@dataclass(frozen=True)
+class _File:
+    """One settings file as last read: its bytes and bindings, or why it cannot be used."""
+
+    data: bytes = b""
+    values: Mapping[str, str] = field(default_factory=dict, repr=False)
+    error: str | None = None
+
+
 class SettingsFiles:
     """Finds and reads settings files, re-reading one only when its size or mtime changes."""
 
     def __init__(self, roots: Iterable[tuple[Path, str]]) -> None:
         self.roots = list(roots)  # (folder, how it is shown), the last one wins
-        self._cache: dict[Path, tuple[tuple[int, int], bytes | str]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int], _File]] = {}
 
     def lookup(self, relpath: str) -> LocationSettings:
         """The settings for the file at ``relpath``: one stat per candidate path."""
@@ -90,25 +99,19 @@ class SettingsFiles:
         digest = hashlib.sha256()
         for root, shown in self.roots:
             for candidate in candidates(relpath):
-                path = root / candidate
-                data = self._read(path)
-                if data is None:
-                    continue
                 shown_as = f"{shown}/{candidate}"
-                if isinstance(data, str):
-                    return LocationSettings(tuple(files), {}, "", f"{shown_as}: {data}")
-                try:
-                    merged.update(parse(data.decode("utf-8"), shown_as))
-                except UnicodeDecodeError:
-                    return LocationSettings(tuple(files), {}, "", f"{shown_as}: not UTF-8 text")
-                except ValueError as exc:
-                    return LocationSettings(tuple(files), {}, "", str(exc))
+                found = self._read(root / candidate, shown_as)
+                if found is None:
+                    continue
+                if found.error is not None:
+                    return LocationSettings(tuple(files), {}, "", found.error)
+                merged.update(found.values)
                 files.append(shown_as)
-                digest.update(f"{shown_as}\0".encode() + data + b"\0")
+                digest.update(f"{shown_as}\0".encode() + found.data + b"\0")
         return LocationSettings(tuple(files), merged, digest.hexdigest() if files else "")
 
-    def _read(self, path: Path) -> bytes | str | None:
-        """The file's bytes, a reason it cannot be used, or ``None`` if there is none."""
+    def _read(self, path: Path, shown_as: str) -> _File | None:
+        """The file as last read (again if it changed), or ``None`` if there is none."""
         try:
             st = path.stat()
         except OSError:
@@ -120,15 +123,23 @@ class SettingsFiles:
         cached = self._cache.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        if st.st_size > MAX_SETTINGS_BYTES:
-            data: bytes | str = f"larger than {MAX_SETTINGS_BYTES // 1024} KiB"
-        else:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                data = f"cannot be read ({exc.strerror or exc})"
-        self._cache[path] = (signature, data)
-        return data
+        found = _parse_file(path, shown_as, st.st_size)
+        self._cache[path] = (signature, found)
+        return found
+
+
+def _parse_file(path: Path, shown_as: str, size: int) -> _File:
+    if size > MAX_SETTINGS_BYTES:
+        return _File(error=f"{shown_as}: larger than {MAX_SETTINGS_BYTES // 1024} KiB")
+    try:
+        data = path.read_bytes()
+        return _File(data, parse(data.decode("utf-8"), shown_as))
+    except OSError as exc:
+        return _File(error=f"{shown_as}: cannot be read ({exc.strerror or exc})")
+    except UnicodeDecodeError:
+        return _File(error=f"{shown_as}: not UTF-8 text")
+    except ValueError as exc:
+        return _File(error=str(exc))
 
 
 def instance_variables(dagster_yaml: Path) -> set[str]:

@@ -106,6 +106,7 @@ class Scanner:
         result = ScanResult(desired={})
         present: set[str] = set()
         self.ignored = {}
+        self.ignores.begin_scan()
         for relpath, st in self._walk():
             present.add(relpath)
             signature = (st.st_size, st.st_mtime_ns)
@@ -169,19 +170,20 @@ class Scanner:
             return
         if any(e.name == ignore.IGNORE_NAME for e in entries):
             rules = (*rules, self.ignores.rules(rel))
+        key = ignore.ids(rules)
         for entry in entries:
             relpath = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if entry.name.startswith((".", "__pycache__")):
                         continue
-                    why = ignore.why_ignored(rules, relpath, is_dir=True)
+                    why = self.ignores.why(rules, relpath, is_dir=True, key=key)
                     if why:
                         self.ignored[relpath + "/"] = why
                     else:
                         yield from self._walk(relpath, rules)
                 elif is_candidate(entry.name) and entry.is_file():
-                    why = ignore.why_ignored(rules, relpath, is_dir=False)
+                    why = self.ignores.why(rules, relpath, is_dir=False, key=key)
                     if why:
                         self.ignored[relpath] = why
                     else:
