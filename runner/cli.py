@@ -24,6 +24,16 @@ class _JsonLines(JsonFormatter):
         return log_data
 
 
+class _TextLines(logging.Formatter):
+    """Every line after a record's first is indented, and carriage returns are escaped, so
+    text from the share (a file name with a newline, uv's or Dagster's output) can never
+    pass for a log line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\r", "\\r")
+        return text.replace("\n", "\n    ")
+
+
 def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text") -> None:
     """One line per decision on stderr, for our loggers only (not Dagster's): readable, or
     one JSON object per line for log collectors (``fmt="json"``), with the keys Dagster's
@@ -38,7 +48,7 @@ def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text
             timestamp=True,  # ISO 8601, UTC
         )
     else:
-        formatter = logging.Formatter(
+        formatter = _TextLines(
             f"%(asctime)s %(levelname)-7s {name}: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
         )
     handler.setFormatter(formatter)
@@ -51,6 +61,7 @@ def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from .lease import LEASE_NAME, Lease
     from .supervisor import Settings, Supervisor
 
     where = paths.layout(args.share)
@@ -79,7 +90,8 @@ def _serve(args: argparse.Namespace) -> None:
         else None,
         pass_env=tuple(location_env.pass_env_patterns()),
     )
-    supervisor = Supervisor(settings)
+    lease = Lease(where.dagster_home / LEASE_NAME)
+    supervisor = Supervisor(settings, lease=lease)
     if args.metrics:
         from . import metrics
 
@@ -96,8 +108,13 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     from .watch import watch
 
-    with watch(settings.code_dir, supervisor.changed, supervisor.written, mode=args.watch):
-        supervisor.run()
+    if not lease.acquire(supervisor.stop_requested):
+        return  # stopped while waiting as a standby
+    try:
+        with watch(settings.code_dir, supervisor.changed, supervisor.written, mode=args.watch):
+            supervisor.run()
+    finally:
+        lease.release()
 
 
 def _daemon(args: argparse.Namespace) -> None:

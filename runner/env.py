@@ -267,6 +267,12 @@ def _uv_env(python_dir: Path) -> dict[str, str]:
     env.setdefault("UV_PYTHON_INSTALL_DIR", str(python_dir))
     env["UV_COMPILE_BYTECODE"] = "1"
     env["NO_COLOR"] = "1"
+    # A host that accepts connections and never answers must not hold a build for minutes:
+    # uv's HTTP requests and git's transfers give up after this long without progress.
+    wait = env.get("RUNNER_NETWORK_TIMEOUT", "30")
+    env.setdefault("UV_HTTP_TIMEOUT", wait)
+    env.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1")
+    env.setdefault("GIT_HTTP_LOW_SPEED_TIME", wait)
     return env
 
 

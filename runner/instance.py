@@ -49,8 +49,8 @@ def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
         except Exception as exc:  # any failure to open it: say why, in one line, and retry
             if time.monotonic() - started + delay > retry_for:
                 raise
-            log.error("cannot open the Dagster instance in %s: %s; retrying in %.0fs",
-                      home, _first_line(exc), delay)  # fmt: skip
+            log.error("cannot open the Dagster instance in %s%s: %s; retrying in %.0fs",
+                      home, _database_where(), _first_line(exc), delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -75,6 +75,23 @@ def storage_packages(instance: DagsterInstance) -> tuple[str, ...]:
     ]  # fmt: skip
     roots = {type(p).__module__.split(".")[0] for p in parts if p is not None}
     return tuple(sorted(r.replace("_", "-") for r in roots if r != "dagster"))
+
+
+def _database_where() -> str:
+    """ " (PostgreSQL at HOST:PORT, database DB)" for the configured URL; never its password."""
+    from urllib.parse import urlsplit
+
+    from .paths import database_url
+
+    url = database_url()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = "?"
+    return f" (PostgreSQL at {parts.hostname}:{port}, database {parts.path.lstrip('/') or '-'})"
 
 
 def _first_line(exc: BaseException) -> str:

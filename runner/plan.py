@@ -40,6 +40,7 @@ class Generation:
     ready: bool = False  # answered and loaded; served once its file is stable
     load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
     ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
+    last_good: bool = False  # the last good version again, while the file's version is broken
 
     @property
     def digest(self) -> str:
@@ -75,6 +76,9 @@ class Location:
 @dataclass(frozen=True)
 class Prepare:
     spec: LocationSpec
+    #: Serve this last good version again (its server died while the file's current version
+    #: is broken): from the runner's copy of it, served without waiting for the share.
+    last_good: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ def plan(
             continue
         loc = actual.get(name)
         if loc is not None and want.digest == loc.failed_digest:
+            if _last_good_down(loc) and loc.next is None and now >= (loc.retry_at or 0):
+                assert loc.current is not None
+                actions.append(Prepare(loc.current.spec, last_good=True))
             continue  # failed already: wait for the file to change
         if name in reserved:
             actions.append(Reject(collision(want)))
@@ -142,6 +149,15 @@ def plan(
             continue
         actions.append(Prepare(want))
     return actions
+
+
+def _last_good_down(loc: Location) -> bool:
+    """The server of the version that serves died and is due for a restart."""
+    return (
+        loc.current is not None
+        and loc.retry_at is not None
+        and loc.retry_digest == loc.current.digest
+    )
 
 
 def collision(want: Desired) -> SpecError:

@@ -55,8 +55,9 @@ def spawn(
     )
 
 
-def describe_exit(returncode: int | None) -> str:
-    """Say how a process ended, naming the signal (SIGKILL is often the OOM killer)."""
+def describe_exit(returncode: int | None, *, oom: bool = False) -> str:
+    """Say how a process ended, naming the signal; ``oom``: the kernel's out-of-memory
+    killer killed a process of ours meanwhile (see :func:`oom_kills`)."""
     if returncode is None:
         return "still running"
     if returncode < 0:
@@ -64,9 +65,83 @@ def describe_exit(returncode: int | None) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
+        hint = " by the kernel's out-of-memory killer" if oom and name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
     return f"exited with status {returncode}"
+
+
+def oom_kills() -> int | None:
+    """How many processes of this cgroup the kernel's OOM killer has killed (cgroup v2
+    ``memory.events``, v1 ``memory.oom_control``); ``None`` where the kernel does not say."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    places: list[Path] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            places += [Path(f"/sys/fs/cgroup{path}") / "memory.events",
+                       Path("/sys/fs/cgroup/memory.events")]  # fmt: skip
+        elif "memory" in controllers.split(","):
+            places += [Path(f"/sys/fs/cgroup/memory{path}") / "memory.oom_control",
+                       Path("/sys/fs/cgroup/memory/memory.oom_control")]  # fmt: skip
+    for place in places:
+        try:
+            for row in place.read_text().splitlines():
+                key, _, value = row.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+#: Every process a code server starts inherits ``MARKER=<server id>`` in its environment: a
+#: child that leaves the server's process group and session (``setsid``) is still found.
+MARKER = "RUNNER_SERVER"
+
+
+def marked(value: str) -> list[int]:
+    """Pids of live processes whose environment has ``MARKER=value`` (ours to stop)."""
+    needle = f"{MARKER}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def stop_pids(pids: list[int], *, name: str, grace: float = 5.0) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still there after ``grace`` (processes that are
+    not our children: found by :func:`marked`)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            return
+    log.warning("%s: %d process(es) survived SIGKILL: %s", name, len(pids), pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is gone
+    except (OSError, IndexError):
+        return False
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:

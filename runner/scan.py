@@ -33,6 +33,9 @@ class LocationSpec:
     metadata: script.ScriptMetadata
     #: Its settings files (their digest is part of ``digest``).
     settings: LocationSettings = field(default_factory=LocationSettings)
+    #: The file's bytes as read: a copy serves this version again if it must restart after
+    #: the file has changed (see ``Prepare.last_good``).
+    source: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,24 @@ class SpecError:
 Desired = LocationSpec | SpecError
 
 
+#: (size, mtime_ns, mode): a chmod that makes a file readable counts as a change.
+Signature = tuple[int, int, int]
+#: Files larger than this are not read whole: no location's file is, and reading a huge one
+#: (a data dump, a sparse file) would cost the runner its memory.
+MAX_FILE_BYTES = 8 * 1024 * 1024
+#: How much of a larger file is read to tell a location's file from a helper module.
+HEAD_BYTES = 64 * 1024
+
+
+def signature_of(st: os.stat_result) -> Signature:
+    return (st.st_size, st.st_mtime_ns, st.st_mode)
+
+
 @dataclass
 class _Seen:
-    signature: tuple[int, int]  # (size, mtime_ns)
+    signature: Signature
     since: float  # monotonic time the signature was first seen
-    admitted: tuple[int, int] | None = None  # signature of the last stable read
+    admitted: Signature | None = None  # signature of the last stable read
     result: Desired | None = None  # None: stable, but not a location (a helper module)
     early: Desired | None = None  # what a local writer finished, before the window ends
     digest: str | None = None  # content digest of the last stable read
@@ -85,7 +101,7 @@ class Scanner:
         self.stable_for = stable_for
         self.settings = settings
         self._seen: dict[str, _Seen] = {}
-        self._written: dict[str, tuple[int, int]] = {}  # relpath -> signature when complete
+        self._written: dict[str, Signature] = {}  # relpath -> signature when complete
         self._changed = True  # something was admitted or removed since the last scan
         self._desired: dict[str, Desired] = {}  # the last scan's desired set
         self.ignores = ignore.IgnoreFiles(root)
@@ -99,7 +115,7 @@ class Scanner:
             st = os.stat(path)
         except (ValueError, OSError):
             return
-        self._written[relpath] = (st.st_size, st.st_mtime_ns)
+        self._written[relpath] = signature_of(st)
 
     def scan(self, now: float) -> ScanResult:
         """Look at every file; the cost of a scan where nothing changed is one stat each."""
@@ -109,7 +125,7 @@ class Scanner:
         self.ignores.begin_scan()
         for relpath, st in self._walk():
             present.add(relpath)
-            signature = (st.st_size, st.st_mtime_ns)
+            signature = signature_of(st)
             seen = self._seen.get(relpath)
             if seen is None:
                 seen = self._seen[relpath] = _Seen(signature=signature, since=now)
@@ -124,7 +140,8 @@ class Scanner:
                         result.pending.append(relpath)
                     result.next_due = due if result.next_due is None else min(result.next_due, due)
                     if self._written.get(relpath) == signature:
-                        seen.early = self._read(relpath)
+                        read = self._read(relpath, signature)
+                        seen.early = read[0] if read is not None else None
                     if seen.early is not None:
                         result.early[seen.early.name] = seen.early
         for gone in set(self._seen) - present:
@@ -210,21 +227,42 @@ class Scanner:
         return out
 
     def _admit(self, relpath: str, seen: _Seen) -> None:
-        try:
-            data = (self.root / relpath).read_bytes()
-        except OSError as exc:  # vanished or unreadable: look again next scan
-            log.warning("cannot read %s: %s", relpath, exc)
+        read = self._read(relpath, seen.signature)
+        if read is None:  # vanished: the next scan will not list it
             return
-        seen.result = classify(relpath, self.root / relpath, data)
-        digest = seen.result.digest if seen.result is not None else script.digest_bytes(data)
+        seen.result, digest = read
         seen.admitted, seen.early, seen.digest = seen.signature, None, digest
         self._changed = True
 
-    def _read(self, relpath: str) -> Desired | None:
+    def _read(self, relpath: str, signature: Signature) -> tuple[Desired | None, str] | None:
+        """What the file is, and its digest; ``None`` if it vanished. Reads at most
+        ``MAX_FILE_BYTES``; a file the runner cannot read is a location in error (it may be
+        one), reported once per change of its size, mtime or mode."""
+        path = self.root / relpath
+        name = script.location_name(relpath)
+        stamp = script.digest_bytes(repr(signature).encode())  # stands for unread content
         try:
-            return classify(relpath, self.root / relpath, (self.root / relpath).read_bytes())
-        except OSError:
+            with open(path, "rb") as f:
+                if signature[0] <= MAX_FILE_BYTES:
+                    data = f.read(MAX_FILE_BYTES + 1)
+                else:
+                    head = f.read(HEAD_BYTES)
+                    if not script.has_script_block(head.decode("utf-8", errors="replace")):
+                        return None, stamp  # a large helper module or data file
+                    too_big = (
+                        f"the file is {signature[0] / 1024**2:,.0f} MiB: a location's file may "
+                        f"be at most {MAX_FILE_BYTES // 1024**2} MiB (keep data out of it)"
+                    )
+                    return SpecError(name, relpath, path, stamp, too_big), stamp
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            why = f"the runner cannot read the file ({exc.strerror or exc})"
+            if isinstance(exc, PermissionError):
+                why += f": make it readable to uid {os.getuid()}"
+            return SpecError(name, relpath, path, stamp, why), stamp
+        result = classify(relpath, path, data)
+        return result, result.digest if result is not None else script.digest_bytes(data)
 
 
 def classify(relpath: str, path: Path, data: bytes) -> Desired | None:
@@ -243,4 +281,7 @@ def classify(relpath: str, path: Path, data: bytes) -> Desired | None:
         return SpecError(name, relpath, path, digest, str(exc))
     if metadata is None:
         return None
-    return LocationSpec(name, relpath, path, digest, metadata)
+    problem = script.name_problem(relpath)
+    if problem is not None:
+        return SpecError(name, relpath, path, digest, problem)
+    return LocationSpec(name, relpath, path, digest, metadata, source=data)

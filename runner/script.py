@@ -50,6 +50,25 @@ class ScriptMetadata:
         return data
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def escaped(relpath: str) -> str:
+    """``relpath`` with control characters written as escapes: names from the share are
+    data, and a newline in one must not start a line of its own in a log."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], relpath)
+
+
+def name_problem(relpath: str) -> str | None:
+    """Why a file name cannot be a location's file, or ``None``."""
+    if _CONTROL.search(relpath):
+        return (
+            f"the file name {escaped(relpath)!r} contains a control character (a newline, a "
+            "tab, ...): rename the file"
+        )
+    return None
+
+
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -65,6 +84,8 @@ def parse_metadata(text: str) -> ScriptMetadata | None:
     Raises :class:`MetadataError` with a message meant for the file's author when the block
     is unclosed, duplicated, not TOML, or has keys or values uv would reject.
     """
+    # As Python and uv read files: a UTF-8 byte order mark and Windows line endings are fine.
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     blocks = [m for m in _BLOCK.finditer(text) if m.group("type") == "script"]
     if len(blocks) > 1 or len(_SCRIPT_OPENER.findall(text)) > 1:
         raise MetadataError("the file has more than one '# /// script' block; keep exactly one")

@@ -59,6 +59,14 @@ class CodeServer:
     proc: subprocess.Popen
     sidecar: Sidecar
     started: float = field(default_factory=time.monotonic)
+    #: The OOM killer's count when it started: a SIGKILL is its doing only if it went up.
+    oom_kills: int | None = field(default_factory=process.oom_kills)
+
+    def exit_reason(self) -> str:
+        """How the process ended ("killed by SIGKILL by the kernel's out-of-memory killer")."""
+        before, now = self.oom_kills, process.oom_kills()
+        oom = before is not None and now is not None and now > before
+        return process.describe_exit(self.proc.poll(), oom=oom)
 
     @property
     def pid(self) -> int:
@@ -81,7 +89,7 @@ class CodeServer:
         while True:
             code = self.proc.poll()
             if code is not None:
-                raise StartError(f"code server {process.describe_exit(code)} before answering")
+                raise StartError(f"code server {self.exit_reason()} before answering")
             try:
                 if client.get_server_id(timeout=2) == self.server_id:
                     break
@@ -126,6 +134,12 @@ class CodeServer:
             graceful=lambda: client.shutdown_server(timeout=5),
             grace=grace,
         )
+        # Children that left its process group (setsid, a daemonizing tool) go with it.
+        escaped = process.marked(self.server_id)
+        if escaped:
+            log.info("%s: stopping %d process(es) its server left behind: %s", self.location,
+                     len(escaped), escaped)  # fmt: skip
+            process.stop_pids(escaped, name=f"code server {self.location}")
         self.sidecar.remove()
 
     def _terminate_runs(
@@ -195,13 +209,15 @@ def start(
     env: dict[str, str],
     workdir: Path,
     sidecars: Path,
+    folder: Path | None = None,
     log_format: str = "colored",
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
 
     It runs in ``workdir``, the location's scratch folder outside the share, so a run that
     writes a relative path writes there; ``--working-directory`` stays the file's folder, so
-    its helper modules import. ``env`` is all it sees of an environment (see
+    its helper modules import (``folder``: another folder than the file's, for a copy of
+    it). ``env`` is all it sees of an environment (see
     :mod:`location_env`). The server writes no bytecode (the code folder may be read-only,
     and the runner never writes there); the environment's own bytecode was compiled when it
     was built, and ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
@@ -215,7 +231,7 @@ def start(
     argv = [
         str(python), str(BOOT),
         "--python-file", str(file),
-        "--working-directory", str(file.parent),
+        "--working-directory", str(folder or file.parent),
         "--host", host,
         "--port", str(port),
         "--location-name", location,
@@ -229,6 +245,7 @@ def start(
         "PYTHONDONTWRITEBYTECODE": "1",
         "RUNNER_RELOAD_REQUEST": str(sidecar.reload_request),
         "RUNNER_LOAD_REPORT": str(sidecar.load_report),
+        process.MARKER: server_id,
     }
     proc = process.spawn(argv, env=env, cwd=workdir)
     return CodeServer(

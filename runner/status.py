@@ -196,7 +196,7 @@ def read(path: Path, *, now: float | None = None) -> Snapshot | None:
     age = now - float(data.get("heartbeat", 0))
     if data.get("stopped"):
         why = f"it stopped at {data['stopped']}"
-    elif data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0))):
+    elif data.get("host") == socket.gethostname() and not pid_alive(int(data.get("pid", 0))):
         why = f"its process (pid {data.get('pid')}) is gone"
     elif age > STALE_AFTER:
         why = f"it has not written since {_iso(float(data.get('heartbeat', 0)))} ({age:.0f}s ago)"
@@ -205,7 +205,7 @@ def read(path: Path, *, now: float | None = None) -> Snapshot | None:
     return Snapshot(data, why is None, why)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -34,6 +34,7 @@ from . import server as servers
 from .builds import Builds, EnvDone
 from .errors import ErrorServer, error_info, summarize
 from .instance import open_instance
+from .lease import Lease
 from .location_env import SettingsFiles
 from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
 from .process import describe_exit
@@ -131,8 +132,10 @@ class Supervisor:
         *,
         clock: Callable[[], float] = time.monotonic,
         store: envs.EnvStore | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.settings = settings
+        self.lease = lease  # held while it runs: one runner per share (see ``lease``)
         self.clock = clock
         self.store = store or envs.EnvStore(settings.state_dir / "envs")
         roots = [(settings.code_dir, settings.code_dir.name)]
@@ -171,6 +174,7 @@ class Supervisor:
         self._rescan = True
         self._static_names: frozenset[str] = frozenset()
         self._stopping = threading.Event()
+        self._lease_lost = False
         self._woken = True
 
     # -- public -------------------------------------------------------------------------
@@ -194,6 +198,11 @@ class Supervisor:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def stop_requested(self) -> threading.Event:
+        """Set by :meth:`stop` (also before :meth:`run`, e.g. while waiting for the lease)."""
+        return self._stopping
 
     def run(self) -> None:
         """Reconcile until :meth:`stop`; then stop every server we started."""
@@ -315,19 +324,21 @@ class Supervisor:
             spec_error = action.error
             loc = self.locations.setdefault(spec_error.name, Location(spec_error.name))
             self._abandon_next(loc)
-            log.error("%s: %s: %s", spec_error.name, spec_error.relpath, spec_error.message)
+            log.error("%s: %s: %s", spec_error.name, script.escaped(spec_error.relpath),
+                      spec_error.message)  # fmt: skip
             metrics.FAILURES.labels(stage="spec").inc()
+            shown = script.escaped(spec_error.relpath)
             self._record_failure(
-                loc, spec_error.digest, error_info(f"{spec_error.relpath}: {spec_error.message}")
+                loc, spec_error.digest, error_info(f"{shown}: {spec_error.message}")
             )
         elif isinstance(action, Prepare):
-            self._prepare(action.spec)
+            self._prepare(action.spec, last_good=action.last_good)
 
-    def _prepare(self, spec: LocationSpec) -> None:
+    def _prepare(self, spec: LocationSpec, *, last_good: bool = False) -> None:
         loc = self.locations.setdefault(spec.name, Location(spec.name))
         self._abandon_next(loc)
         env_spec = envs.spec_for(spec.metadata, self.settings.extra_requirements)
-        loc.next = Generation(spec=spec, env=env_spec, started=self.clock())
+        loc.next = Generation(spec=spec, env=env_spec, started=self.clock(), last_good=last_good)
         loc.retry_at = None
         built = self.store.get(env_spec)
         if built is not None:
@@ -382,11 +393,16 @@ class Supervisor:
                 starting += 1
 
     def _spawn(self, loc: Location, gen: Generation, env: envs.Env) -> None:
+        file, folder = gen.spec.path, None
+        if gen.last_good:  # the share holds a broken version now: serve the copy
+            file, folder = self._copy_of(gen), gen.spec.path.parent
+            log.info("%s: restarting the last good version from its copy %s", loc.name, file)
         try:
             server = servers.start(
                 location=loc.name,
                 python=env.python,
-                file=gen.spec.path,
+                file=file,
+                folder=folder,
                 host=self.settings.host,
                 env={**self._inherited, **gen.spec.settings.values},
                 workdir=self.settings.state_dir / "work" / loc.name,
@@ -436,7 +452,17 @@ class Supervisor:
         """Serve a ready generation once its file is stable, and retire the one it replaces."""
         gen = loc.next
         stable = self._desired.get(loc.name)
-        if gen is None or not gen.ready or stable is None or stable.digest != gen.digest:
+        if gen is None or not gen.ready:
+            return
+        if gen.last_good:  # the file's own version stays failed, and shown beside it
+            old, loc.current, loc.next = loc.current, gen, None
+            loc.retry_digest = loc.retry_at = None
+            log.info("serving %s on port %d (pid %d), the last good version again",
+                     loc.name, gen.server.port, getattr(gen.server, "pid", 0))  # fmt: skip
+            if old is not None:
+                self._retire(old)
+            return
+        if stable is None or stable.digest != gen.digest:
             return
         assert gen.server is not None
         if gen.load_error is not None:
@@ -450,6 +476,7 @@ class Supervisor:
         loc.current, loc.next = gen, None
         if gen.load_error is None:
             loc.last_loaded = time.time()
+            self._keep_copy(gen)
         else:
             loc.last_error, loc.last_error_at = gen.load_error, time.time()
         loc.failed_digest = loc.retry_digest = loc.retry_at = None
@@ -498,6 +525,23 @@ class Supervisor:
     def _serves_well(self, loc: Location) -> bool:
         return loc.current is not None and loc.current.alive() and loc.current.load_error is None
 
+    def _copy_of(self, gen: Generation) -> Path:
+        return self.settings.state_dir / "last-good" / gen.spec.name / gen.spec.path.name
+
+    def _keep_copy(self, gen: Generation) -> None:
+        """Keep the bytes of a version that loaded, to serve it again if its server dies
+        after the file changed to a broken version."""
+        path = self._copy_of(gen)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_bytes() != gen.spec.source:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(gen.spec.source)
+                tmp.replace(path)
+        except OSError as exc:
+            log.warning("%s: cannot keep a copy of the version it serves: %s", gen.spec.name,
+                        exc)  # fmt: skip
+
     def _abandon_next(self, loc: Location) -> None:
         if loc.next is not None and loc.next.server is not None:
             self._retire(loc.next, immediately=True)
@@ -516,16 +560,22 @@ class Supervisor:
                 continue
             if loc.retry_at is not None or gen.alive():
                 continue
-            code = gen.server.exited()
             healthy_for = now - gen.started
             loc.attempts = 1 if healthy_for > 60 else loc.attempts + 1
             delay = loc.backoff(base=1.0, cap=60.0)
             loc.retry_digest, loc.retry_at = gen.digest, now + delay
             pid = getattr(gen.server, "pid", 0)
-            reason = f"the code server (pid {pid}) {describe_exit(code)}"
+            how = (
+                gen.server.exit_reason()
+                if isinstance(gen.server, servers.CodeServer)
+                else describe_exit(gen.server.exited())
+            )
+            reason = f"the code server (pid {pid}) {how}"
             log.error("%s: %s; restarting in %.0fs (attempt %d)", loc.name, reason, delay,
                       loc.attempts)  # fmt: skip
             metrics.RESTARTS.inc()
+            if loc.failed_digest is not None and loc.error is not None:
+                continue  # keep showing why the file's own version fails; the log says this
             self._set_error(loc, error_info(
                 f"{gen.spec.relpath}: {reason}; restarting in {delay:.0f}s (attempt {loc.attempts})"
             ))  # fmt: skip
@@ -597,6 +647,10 @@ class Supervisor:
 
     def _report(self) -> None:
         """Status file and metrics; a line in the log for builds that take a while."""
+        if self.lease is not None and not self.lease.renew():
+            self._lease_lost = True  # another runner serves the share now: leave its files
+            self.stop()
+            return
         rows = self._rows()
         self.board.update(rows)
         metrics.count_states((row.state for row in rows), STATES)
@@ -681,7 +735,8 @@ class Supervisor:
         self.builds.shutdown()
         self.retirements.shutdown()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
-        self.board.update(last_known, stopped=True)
+        if not self._lease_lost:
+            self.board.update(last_known, stopped=True)
 
 
 def _stop_now(server: Served, grace: float, terminate: Callable[[str], object] | None) -> None:

@@ -78,6 +78,7 @@ def test_an_unreachable_database_is_one_clear_error_retried(
         assert service.proc.poll() is None  # still waiting, not crashed
         log = service.log_text()
         assert "retrying in" in log and "Traceback" not in log
+        assert "(PostgreSQL at 127.0.0.1:9, database nowhere)" in log  # where it tried
         assert service.stop(signal.SIGTERM) < 15
     assert service.proc.returncode == 130
 

@@ -1,0 +1,164 @@
+"""Faults and bad input against the running service: each is shown where users look, once,
+and harms nothing else."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.service import Service, alive, asset_file, drop, running, wait_for
+
+pytestmark = pytest.mark.slow
+
+SERVICE_ENV = {"RUNNER_START_TIMEOUT": "60", "RUNNER_NETWORK_TIMEOUT": "5"}
+
+
+def test_a_huge_file_is_refused_without_reading_it(service: Service) -> None:
+    drop(service.code_dir / "ok.py", asset_file(["ok"]))
+    service.wait_loaded("ok")
+    runner = next(p for p in psutil.Process(service.proc.pid).children() if "serve" in p.cmdline())
+    big = service.code_dir / "big.py"
+    with open(big, "wb") as f:  # 4 GiB, sparse: a PEP 723 block, then nothing
+        f.write(asset_file(["big"]).encode())
+        f.truncate(4 * 1024**3)
+    huge_helper = service.code_dir / "dump.py"
+    with open(huge_helper, "wb") as f:
+        f.truncate(2 * 1024**3)
+    message = service.wait_error("big", "at most 8 MiB", timeout=60)
+    assert "4,096 MiB" in message
+    assert runner.is_running() and runner.memory_info().rss < 1024**3
+    assert "dump" not in service.locations()  # a large file without a block: not a location
+    assert service.locations()["ok"]["loadStatus"] == "LOADED"
+    big.unlink()
+    huge_helper.unlink()
+
+
+def test_windows_line_endings_and_a_byte_order_mark_load(service: Service) -> None:
+    crlf = asset_file(["crlf"]).replace("\n", "\r\n")
+    drop(service.code_dir / "windows.py", crlf)
+    (service.code_dir / "bom.py").write_bytes(b"\xef\xbb\xbf" + asset_file(["bom"]).encode())
+    service.wait_loaded("windows")
+    service.wait_loaded("bom")
+    assert service.asset_keys("windows") == ["crlf"]
+    assert service.asset_keys("bom") == ["bom"]
+
+
+def test_a_file_that_cannot_be_read_is_shown_once(service: Service) -> None:
+    # Reading /proc/self/mem at offset 0 fails with EIO for any user, root included.
+    (service.code_dir / "unreadable.py").symlink_to("/proc/self/mem")
+    message = service.wait_error("unreadable", "cannot read the file", timeout=60)
+    assert "Input/output error" in message
+    said = service.log_text().count("unreadable.py: the runner cannot read the file")
+    time.sleep(6)  # three rescans
+    assert service.log_text().count("unreadable.py: the runner cannot read the file") == said
+    assert service.log_text().count("runner: unreadable: unreadable.py: the runner") == 1
+    (service.code_dir / "unreadable.py").unlink()
+
+
+def test_a_file_name_cannot_forge_a_log_line(service: Service) -> None:
+    forged = "x\n2099-01-01 00:00:00 ERROR runner: FORGED.py"
+    drop(service.code_dir / forged, asset_file(["f"]))
+    wait_for("the refusal", lambda: "contains a control character" in service.log_text())
+    assert not re.search(r"(?m)^2099-01-01", service.log_text())
+    (service.code_dir / forged).unlink()
+
+
+def test_a_helper_named_like_a_package_does_not_break_its_neighbours(service: Service) -> None:
+    drop(service.code_dir / "team" / "dagster.py", "RAISE = 1 / 0\n")
+    drop(service.code_dir / "team" / "yaml.py", "RAISE = 1 / 0\n")
+    drop(service.code_dir / "team" / "neighbour.py", asset_file(["n"]))
+    service.wait_loaded("team.neighbour")
+    run_id = service.materialize_all("team.neighbour")
+    assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)
+
+
+ESCAPER = """import subprocess, sys
+
+subprocess.Popen(
+    [sys.executable, "-c", "import os, time\\nopen({pidfile!r}, 'w').write(str(os.getpid()))"
+     "\\ntime.sleep(3600)"],
+    start_new_session=True,  # setsid: out of the server's process group and session
+)
+"""
+
+
+def test_a_child_that_left_the_servers_session_goes_with_the_file(
+    service: Service, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    text = asset_file(["e"])
+    text = text.replace("import dagster as dg\n", "import dagster as dg\n" + ESCAPER.format(
+        pidfile=str(pidfile)))  # fmt: skip
+    drop(service.code_dir / "escaper.py", text)
+    service.wait_loaded("escaper")
+    pid = int(wait_for("the escaped child", lambda: pidfile.exists() and pidfile.read_text()))
+    assert alive(pid) and os.getsid(pid) != os.getsid(service.server_pids("escaper")[-1])
+    (service.code_dir / "escaper.py").unlink()
+    wait_for("the escaped child to be stopped", lambda: not alive(pid), timeout=60)
+
+
+def test_a_last_good_version_that_dies_is_restarted_and_the_failure_stays(
+    service: Service,
+) -> None:
+    path = service.code_dir / "keeper.py"
+    drop(path, asset_file(["kept"]))
+    service.wait_loaded("keeper")
+    drop(path, asset_file(["kept"]) + "\ndef broken(:\n")
+    service.wait_error("keeper~new-version-failed", "SyntaxError")
+    pid = service.server_pids("keeper")[-1]
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the last good version again",
+             lambda: "the last good version again" in service.log_text(), timeout=60)  # fmt: skip
+    service.wait_loaded("keeper")
+    assert service.asset_keys("keeper") == ["kept"]
+    assert "SyntaxError" in (service.error_of("keeper~new-version-failed") or "")
+    log = service.log_text()
+    assert f"code server (pid {pid}) killed by SIGKILL;" in log  # by hand: no OOM guess
+    assert "out-of-memory" not in log and "out of memory" not in log
+    path.unlink()
+
+
+def test_a_second_runner_on_the_share_waits_and_takes_over(tmp_path: Path, state_dir: Path) -> None:
+    share = tmp_path / "share"
+    with running(share, state_dir, tmp_path / "first.log") as first:
+        drop(first.code_dir / "shared.py", asset_file(["s"]))
+        first.wait_loaded("shared")
+        with running(share, state_dir, tmp_path / "second.log") as second:
+            wait_for("the standby line", lambda: "standby:" in second.log_text(), timeout=90)
+            assert "runner pid" in second.log_text() and "serves this share" in second.log_text()
+            time.sleep(5)
+            assert "starting shared" not in second.log_text()  # only the owner serves
+            first.stop()
+            second.wait_loaded("shared", timeout=120)
+            assert "took over the share from" in second.log_text()
+
+
+def test_a_git_host_that_never_answers_fails_soon_and_is_named(service: Service) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel does), never answers
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: silent.accept()[0], None)),
+                     daemon=True).start()  # fmt: skip
+    port = silent.getsockname()[1]
+    text = asset_file(["g"]).replace(
+        '["dagster"]', f'["dagster", "tool @ git+http://127.0.0.1:{port}/team/tool.git"]'
+    )
+    try:
+        drop(service.code_dir / "silent_git.py", text)
+        # RUNNER_NETWORK_TIMEOUT=5: well within the wait below, where uv alone took minutes.
+        message = service.wait_error("silent_git", "retrying in", timeout=90)
+        assert "127.0.0.1 could not be reached (timed out)" in message
+        (service.code_dir / "silent_git.py").unlink()
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
