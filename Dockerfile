@@ -1,6 +1,9 @@
 # One image for every role: `docker run IMAGE [all|webserver|daemon|runner]`.
 # Build: docker build -t dagster-code-runner .
-# Behind a TLS-inspecting proxy, mount its CA: buildah bud -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro ...
+# Behind a TLS-inspecting proxy: build FROM a base image that has its CA in
+# /usr/local/share/ca-certificates/ (as corporate base images do; --build-arg BASE=...), or
+# with buildah/podman mount it: -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro.
+# Downloads during the build and at run time trust the image's system CA store.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
@@ -22,6 +25,8 @@ ENV VIRTUAL_ENV=/app/.venv \
     UV_CACHE_DIR=/var/cache/uv \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     RUNNER_SHARE=/opt/dagster \
     RUNNER_STATE_DIR=/var/lib/runner \
     DAGSTER_WEBSERVER_HOST=0.0.0.0 \
