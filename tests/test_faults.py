@@ -90,14 +90,17 @@ subprocess.Popen(
 """
 
 
+def escaper_file(pidfile: Path) -> str:
+    """A location whose import starts a child in a session of its own (it writes its pid)."""
+    head = "import dagster as dg\n"
+    return asset_file(["e"]).replace(head, head + ESCAPER.format(pidfile=str(pidfile)))
+
+
 def test_a_child_that_left_the_servers_session_goes_with_the_file(
     service: Service, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "escaped.pid"
-    text = asset_file(["e"])
-    text = text.replace("import dagster as dg\n", "import dagster as dg\n" + ESCAPER.format(
-        pidfile=str(pidfile)))  # fmt: skip
-    drop(service.code_dir / "escaper.py", text)
+    drop(service.code_dir / "escaper.py", escaper_file(pidfile))
     service.wait_loaded("escaper")
     pid = int(wait_for("the escaped child", lambda: pidfile.exists() and pidfile.read_text()))
     assert alive(pid) and os.getsid(pid) != os.getsid(service.server_pids("escaper")[-1])
@@ -128,17 +131,27 @@ def test_a_last_good_version_that_dies_is_restarted_and_the_failure_stays(
 
 def test_a_second_runner_on_the_share_waits_and_takes_over(tmp_path: Path, state_dir: Path) -> None:
     share = tmp_path / "share"
+    pidfile = tmp_path / "escaped.pid"
     with running(share, state_dir, tmp_path / "first.log") as first:
         drop(first.code_dir / "shared.py", asset_file(["s"]))
         first.wait_loaded("shared")
+        drop(first.code_dir / "escaper.py", escaper_file(pidfile))
+        first.wait_loaded("escaper")
+        escaped = int(
+            wait_for("the escaped child", lambda: pidfile.exists() and pidfile.read_text())
+        )
         with running(share, state_dir, tmp_path / "second.log") as second:
             wait_for("the standby line", lambda: "standby:" in second.log_text(), timeout=90)
             assert "runner pid" in second.log_text() and "serves this share" in second.log_text()
             time.sleep(5)
             assert "starting shared" not in second.log_text()  # only the owner serves
             first.stop()
+            assert not alive(escaped)  # the whole service's stop took it too
+            # Its webserver still shows the first runner's entries until the takeover.
+            wait_for("the takeover", lambda: "took over the share from" in second.log_text())
+            wait_for("its own server", lambda: "serving shared on port" in second.log_text(),
+                     timeout=120)  # fmt: skip
             second.wait_loaded("shared", timeout=120)
-            assert "took over the share from" in second.log_text()
 
 
 def test_a_git_host_that_never_answers_fails_soon_and_is_named(service: Service) -> None:

@@ -81,9 +81,7 @@ def image() -> Iterator[str]:
     yield IMAGE
 
 
-def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
-    image: str, tmp_path: Path
-) -> None:
+def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(image: str, tmp_path: Path) -> None:
     config = json.loads(docker("image", "inspect", image))[0]["Config"]
     assert config["User"] == "dagster"  # not root
     assert config["Healthcheck"]["Test"][-1].startswith("python -c")
