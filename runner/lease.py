@@ -77,7 +77,11 @@ class Lease:
             return True
         if self.clock() - holder.heartbeat > self.stale_after:
             return True
-        return holder.host == self.mine.host and not pid_alive(holder.pid)
+        if holder.host != self.mine.host:
+            return False
+        # Same host: a holder whose pid is gone, or is this very process (a restarted
+        # container gives its processes the same pids again), is a previous runner.
+        return holder.pid == self.mine.pid or not pid_alive(holder.pid)
 
     def acquire(self, stopping: threading.Event) -> bool:
         """Block until this runner holds the lease (``True``) or ``stopping`` is set."""

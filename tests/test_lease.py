@@ -49,3 +49,10 @@ def test_waiting_ends_when_asked_to_stop(tmp_path: Path) -> None:
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     assert not other.acquire(stop)
+
+
+def test_a_previous_runner_with_this_very_pid_blocks_no_one(tmp_path: Path) -> None:
+    """A restarted container gives the runner the pid its previous incarnation had."""
+    path = tmp_path / leases.LEASE_NAME
+    Lease(path)._write()  # same host, same pid, another token, fresh heartbeat
+    assert Lease(path).free(Lease(path).holder())
