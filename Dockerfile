@@ -33,13 +33,13 @@ ENV VIRTUAL_ENV=/app/.venv \
     PYTHONUNBUFFERED=1
 
 # Dependencies first (a cached layer), then the code.
-COPY --chown=dagster:dagster pyproject.toml uv.lock README.md ./
+COPY --chown=dagster:dagster pyproject.toml uv.lock ./
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt PIP_CERT=/run/host-ca.crt; fi \
  && python3 -m venv /app/.venv \
  && /app/.venv/bin/pip install --quiet --no-cache-dir "uv>=0.13,<0.14" \
  && uv sync --frozen --no-dev --no-install-project --python /app/.venv/bin/python
+COPY --chown=dagster:dagster README.md entrypoint.py ./
 COPY --chown=dagster:dagster runner ./runner
-COPY --chown=dagster:dagster entrypoint.py ./
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt; fi \
  && uv sync --frozen --no-dev --python /app/.venv/bin/python
 

@@ -1,6 +1,7 @@
 """Start the Dagster webserver, the Dagster daemon and the code-location runner.
 
     uv run entrypoint.py [all|webserver|daemon|runner] [--share DIR] [--host HOST] [--port PORT]
+    entrypoint.py COMMAND [ARG...]     (in the image: runs COMMAND, e.g. a run's worker)
 
 Each role is a child process in its own session; this process only starts them, forwards a
 stop request (Ctrl-C / SIGTERM) to all of them, and makes sure none is left behind. If one
@@ -71,6 +72,11 @@ def webserver_url(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-") and argv[0] not in ("all", *ROLES):
+        # Any other command runs as given: Dagster's container launchers start a run in this
+        # image with its own command (the file's python, the run boot script, its args).
+        os.execvp(argv[0], argv)
     args = parse_args(argv)
     setup_logging(os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint",
                   fmt=args.log_format)  # fmt: skip

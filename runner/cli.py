@@ -13,7 +13,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from . import instance, location_env, paths
+from . import container_runs, instance, limits, location_env, paths
 
 log = logging.getLogger("runner")
 
@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> None:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
     # Before any code server opens the instance; and what every environment needs to open it.
-    extras = instance.prepare(where.instance_home)
+    ready = instance.prepare(where.instance_home)
     settings = Settings(
         code_dir=where.code_dir,
         workspace_path=where.workspace,
@@ -83,12 +83,13 @@ def _serve(args: argparse.Namespace) -> None:
         retire_grace=args.retire_grace,
         keep_last_good=args.on_failure == "keep-last-good",
         instance_home=where.instance_home,
-        extra_requirements=extras,
+        extra_requirements=ready.packages,
         server_log_format="json" if args.log_format == "json" else "colored",
         settings_dir=Path(os.environ["RUNNER_SETTINGS_DIR"]).resolve()
         if os.environ.get("RUNNER_SETTINGS_DIR")
         else None,
         pass_env=tuple(location_env.pass_env_patterns()),
+        container_runs=_container_runs(ready.launcher),
     )
     lease = Lease(where.dagster_home / LEASE_NAME)
     supervisor = Supervisor(settings, lease=lease)
@@ -115,6 +116,26 @@ def _serve(args: argparse.Namespace) -> None:
             supervisor.run()
     finally:
         lease.release()
+
+
+def _container_runs(kind: container_runs.Kind) -> container_runs.ContainerRuns | None:
+    """How runs start, from the instance's launcher and the RUNNER_RUN_* settings; a bad
+    setting stops the runner at once, with the setting's name."""
+    try:
+        defaults = limits.service_defaults(os.environ)
+        runs = container_runs.ContainerRuns.from_environ(
+            kind, os.environ, own_container=container_runs.read_own_container(), defaults=defaults
+        )
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+    if kind == "local":
+        return None
+    problem = runs.problem()
+    if problem:
+        log.warning("%s", problem)
+    log.info("runs start in %s containers (image %s, default limits: %s)", kind,
+             runs.image or "from the run launcher's config", runs.defaults.describe())  # fmt: skip
+    return runs
 
 
 def _daemon(args: argparse.Namespace) -> None:

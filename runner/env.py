@@ -25,7 +25,7 @@ from typing import Any
 
 import uv
 
-from . import causes, process, pythons, script
+from . import causes, limits, process, pythons, script
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,14 @@ def spec_for(metadata: script.ScriptMetadata, extras: tuple[str, ...] = ()) -> E
     A code server is ``dagster api grpc`` running in the file's environment, so dagster must
     be there (the runner's own version, known to speak to this webserver, if the file does
     not say); ``extras`` are the packages the instance's storage needs (e.g.
-    ``dagster-postgres``), unpinned so uv picks the one matching the file's dagster.
+    ``dagster-postgres``), unpinned so uv picks the one matching the file's dagster. The
+    runner's own ``[tool]`` table (run limits) is not uv's: a limit edit reuses the env.
     """
     data = metadata.to_toml_dict()
+    tool = {k: v for k, v in data.get("tool", {}).items() if k != limits.TOOL}
+    data.pop("tool", None)
+    if tool:
+        data["tool"] = tool
     added = [] if metadata.mentions("dagster") else [f"dagster=={DAGSTER_VERSION}"]
     added += [extra for extra in extras if not metadata.mentions(extra)]
     data["dependencies"] = [*data["dependencies"], *added]

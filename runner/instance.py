@@ -7,8 +7,11 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .container_runs import Kind, launcher_kind
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -25,7 +28,18 @@ def open_instance(home: Path) -> Iterator[DagsterInstance]:
         yield instance
 
 
-def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class Ready:
+    """What the runner needs to know of a prepared instance."""
+
+    #: Packages every location's environment needs to open this instance (e.g.
+    #: ``dagster-postgres``): code servers and run workers open it in the file's environment.
+    packages: tuple[str, ...]
+    #: Where its run launcher starts runs: ``local`` (processes), ``docker`` or ``k8s``.
+    launcher: Kind = "local"
+
+
+def prepare(home: Path, *, retry_for: float = float("inf")) -> Ready:
     """Create and migrate the instance's storage once, before several processes open it.
 
     With SQLite, the webserver, the daemon and every code server (Dagster's code server opens
@@ -33,19 +47,17 @@ def prepare(home: Path, *, retry_for: float = float("inf")) -> tuple[str, ...]:
     concurrent schema stamping can leave the storage unusable ("more than one head"). A
     database that cannot be reached is reported in one line and retried with backoff.
 
-    Returns the packages every location's environment needs to open this instance (e.g.
-    ``dagster-postgres``): code servers and run workers open it in the file's environment.
     """
     started, delay = time.monotonic(), 1.0
     while True:
         try:
             with _exclusive(home), open_instance(home) as instance:
                 instance.get_runs(limit=1)
-                extras = storage_packages(instance)
+                ready = Ready(storage_packages(instance), launcher_kind(instance.run_launcher))
                 storage = type(instance.run_storage).__name__
-                log.info("instance ready in %s (%s, %.1fs)", home, storage,
-                         time.monotonic() - started)  # fmt: skip
-                return extras
+                log.info("instance ready in %s (%s, runs: %s, %.1fs)", home, storage,
+                         ready.launcher, time.monotonic() - started)  # fmt: skip
+                return ready
         except Exception as exc:  # any failure to open it: say why, in one line, and retry
             if time.monotonic() - started + delay > retry_for:
                 raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,8 +56,9 @@ def layout(share: str | Path | None = None) -> Layout:
     """The share (``--share``, ``RUNNER_SHARE``, ``./share``) and the instance in use.
 
     ``DAGSTER_HOME`` wins when set. Otherwise the instance is ``dagster_home/`` (SQLite), or
-    ``dagster_home/postgres/`` when a database URL is configured: one dagster.yaml cannot
-    switch storage on an environment variable, two folders can.
+    ``dagster_home/postgres/`` when a database URL is configured, and ``docker/`` or
+    ``postgres-docker/`` with ``RUNNER_RUN_LAUNCHER=docker``: one dagster.yaml cannot switch
+    storage or launcher on an environment variable, a folder for each can.
     """
     root = Path(share or os.environ.get("RUNNER_SHARE") or "share").resolve()
     explicit = os.environ.get("DAGSTER_HOME")
@@ -69,8 +69,18 @@ def layout(share: str | Path | None = None) -> Layout:
         home = Path(explicit).resolve()
         return Layout(share=root, dagster_home=home, instance_home=home)
     home = root / "dagster_home"
-    instance_home = home / "postgres" if database_url() else home
-    return Layout(share=root, dagster_home=home, instance_home=instance_home)
+    folder = "-".join(
+        part for part, wanted in (("postgres", database_url()), ("docker", docker_runs())) if wanted
+    )
+    return Layout(share=root, dagster_home=home, instance_home=home / folder if folder else home)
+
+
+def docker_runs() -> bool:
+    """``RUNNER_RUN_LAUNCHER=docker``: runs in containers (``local``, the default: not)."""
+    value = os.environ.get("RUNNER_RUN_LAUNCHER", "local").strip().lower()
+    if value not in ("local", "docker", ""):
+        raise SystemExit(f"RUNNER_RUN_LAUNCHER must be local or docker, not {value!r}")
+    return value == "docker"
 
 
 def ensure_instance_config(where: Layout) -> None:
@@ -78,9 +88,14 @@ def ensure_instance_config(where: Layout) -> None:
     where.instance_home.mkdir(parents=True, exist_ok=True)
     config = where.instance_home / "dagster.yaml"
     if not config.exists():
-        postgres = where.instance_home.name == "postgres" and database_url()
-        template = "postgres.dagster.yaml" if postgres else "dagster.yaml"
-        shutil.copyfile(TEMPLATES / template, config)
+        name = where.instance_home.name
+        postgres = name.startswith("postgres") and database_url()
+        text = (TEMPLATES / ("postgres.dagster.yaml" if postgres else "dagster.yaml")).read_text()
+        if name.endswith("docker") and docker_runs():
+            text += (TEMPLATES / "docker-runs.yaml").read_text()
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, config)
 
 
 def export_instance_env(where: Layout) -> None:

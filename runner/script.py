@@ -17,6 +17,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from . import limits
+
 # The reference regular expression from PEP 723.
 _BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 _SCRIPT_OPENER = re.compile(r"(?m)^# /// script\s*$")
@@ -39,6 +41,11 @@ class ScriptMetadata:
         """Whether a dependency names ``project`` (normalized as pip does)."""
         want = _normalize(project)
         return any(_normalize(Requirement(d).name) == want for d in self.dependencies)
+
+    @property
+    def run_limits(self) -> limits.RunLimits:
+        """The memory and CPUs its runs may use, as its ``[tool.dagster-code-runner]`` says."""
+        return limits.from_tool(self.tool)
 
     def to_toml_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -133,6 +140,10 @@ def _validate(data: dict[str, Any]) -> ScriptMetadata:
     tool = data.get("tool", {})
     if not isinstance(tool, dict):
         raise MetadataError("'tool' must be a table")
+    try:
+        limits.from_tool(tool)
+    except ValueError as exc:
+        raise MetadataError(str(exc)) from None
     return ScriptMetadata(dependencies=tuple(deps), requires_python=requires_python, tool=tool)
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +211,8 @@ def start(
     sidecars: Path,
     folder: Path | None = None,
     log_format: str = "colored",
+    run_args: Sequence[str] = (),
+    run_entry_point: Sequence[str] | None = None,
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
 
@@ -221,6 +223,8 @@ def start(
     :mod:`location_env`). The server writes no bytecode (the code folder may be read-only,
     and the runner never writes there); the environment's own bytecode was compiled when it
     was built, and ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
+    ``run_args`` and ``run_entry_point`` say how its runs start in containers (see
+    :mod:`container_runs`).
     """
     port = free_port(host)
     server_id = f"{location}-{uuid.uuid4().hex[:12]}"
@@ -238,6 +242,7 @@ def start(
         "--lazy-load-user-code",
         "--fixed-server-id", server_id,
         "--log-format", log_format,
+        *run_args,
     ]  # fmt: skip
     env = {
         **env,
@@ -247,6 +252,8 @@ def start(
         "RUNNER_LOAD_REPORT": str(sidecar.load_report),
         process.MARKER: server_id,
     }
+    if run_entry_point:
+        env["RUNNER_RUN_ENTRY_POINT"] = json.dumps(list(run_entry_point))
     proc = process.spawn(argv, env=env, cwd=workdir)
     return CodeServer(
         location=location,

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
 
+from . import container_runs, location_env, metrics, script, status
 from . import env as envs
-from . import location_env, metrics, script, status
 from . import server as servers
 from .builds import Builds, EnvDone
+from .container_runs import ContainerRuns
 from .errors import ErrorServer, error_info, summarize
 from .instance import open_instance
 from .lease import Lease
@@ -90,6 +91,8 @@ class Settings:
     settings_dir: Path | None = None
     #: More of the service's environment for every location: names or ``PREFIX*``.
     pass_env: tuple[str, ...] = ()
+    #: How runs start in containers (Docker, Kubernetes); None: as processes of the server.
+    container_runs: ContainerRuns | None = None
 
 
 # --- messages from workers ------------------------------------------------------------
@@ -397,17 +400,27 @@ class Supervisor:
         if gen.last_good:  # the share holds a broken version now: serve the copy
             file, folder = self._copy_of(gen), gen.spec.path.parent
             log.info("%s: restarting the last good version from its copy %s", loc.name, file)
+        server_env = {**self._inherited, **gen.spec.settings.values}
+        workdir = self.settings.state_dir / "work" / loc.name
+        runs, run_args, entry_point = self.settings.container_runs, [], None
         try:
+            if runs is not None and runs.kind != "local":
+                env_file = container_runs.run_env_file(self.settings.state_dir, loc.name)
+                container_runs.write_run_env(env_file, server_env, workdir)
+                run_args = runs.server_args(loc.name, gen.spec.metadata.run_limits)
+                entry_point = container_runs.entry_point(env.python, env_file)
             server = servers.start(
                 location=loc.name,
                 python=env.python,
                 file=file,
                 folder=folder,
                 host=self.settings.host,
-                env={**self._inherited, **gen.spec.settings.values},
-                workdir=self.settings.state_dir / "work" / loc.name,
+                env=server_env,
+                workdir=workdir,
                 sidecars=self.settings.state_dir / "servers",
                 log_format=self.settings.server_log_format,
+                run_args=run_args,
+                run_entry_point=entry_point,
             )
         except OSError as exc:
             self._fail(loc, gen, f"could not start the code server: {exc}")

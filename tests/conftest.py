@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import docker_images
 from tests.service import Service
 
 # A script asking for a Python we do not have must fail clearly instead of downloading one.
@@ -35,6 +36,19 @@ def service(
         if svc.proc.poll() is None:
             svc.kill()
         print(f"--- service log ({svc.log_path}) ---\n" + svc.log_text()[-20000:])
+
+
+@pytest.fixture(scope="session")
+def runner_image() -> str:
+    """The project's image, built with ``docker build`` once per session."""
+    docker_images.require_engine()
+    return docker_images.build_runner_image()
+
+
+@pytest.fixture(scope="session")
+def postgres_image() -> str:
+    docker_images.require_engine()
+    return docker_images.build_postgres_image()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -11,6 +11,9 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
 * A file without a ``Definitions`` gets only its loose assets from Dagster: its jobs,
   schedules and sensors are dropped without a word. What was dropped is written, as JSON, to
   the file named by ``RUNNER_LOAD_REPORT``, for the runner to show on the location.
+* With ``--use-python-environment-entry-point``, runs are started with the command in
+  ``RUNNER_RUN_ENTRY_POINT`` (JSON), if set: the file's interpreter running ``run.py``
+  (runs in containers; see ``runner/container_runs.py``), instead of ``python -m dagster``.
 
 Either addition is skipped if this Dagster version does not have what it hooks into.
 """
@@ -36,6 +39,13 @@ def _hook_reload(request_file):
         return dagster_api_pb2.ReloadCodeReply()
 
     DagsterApiServer.ReloadCode = ReloadCode
+
+
+def _hook_entry_point(entry_point):
+    from dagster._cli import api
+
+    command = json.loads(entry_point)
+    api.get_python_environment_entry_point = lambda _executable: command
 
 
 def _hook_autodiscovery(report_file):
@@ -79,6 +89,7 @@ def main():
     for variable, hook in (
         ("RUNNER_RELOAD_REQUEST", _hook_reload),
         ("RUNNER_LOAD_REPORT", _hook_autodiscovery),
+        ("RUNNER_RUN_ENTRY_POINT", _hook_entry_point),
     ):
         path = os.environ.pop(variable, None)  # not for the user's code, nor its runs
         if path:

@@ -1,0 +1,137 @@
+"""Run limits and what a code server tells a container launcher: pure decisions, fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner import container_runs, env, limits, paths, script
+from runner.container_runs import ContainerRuns, Volume
+from runner.limits import RunLimits
+
+MIB = 1024 * 1024
+
+
+def meta(tool_lines: str) -> script.ScriptMetadata | None:
+    return script.parse_metadata(f'# /// script\n# dependencies = ["dagster"]\n{tool_lines}# ///\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512m", 512 * MIB), ("512MiB", 512 * MIB), ("2G", 2048 * MIB), ("2gb", 2048 * MIB),
+     ("1.5g", 1536 * MIB), (268435456, 256 * MIB)],
+)  # fmt: skip
+def test_memory_is_read_as_docker_reads_it(text: object, expected: int) -> None:
+    assert limits.parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-1m", "1m", True, "", "12 parsecs"])
+def test_a_malformed_memory_limit_is_refused_with_the_key(text: object) -> None:
+    with pytest.raises(ValueError, match="run-memory"):
+        limits.from_tool({"dagster-code-runner": {"run-memory": text}})
+
+
+def test_limits_come_from_the_files_table_and_malformed_ones_are_metadata_errors() -> None:
+    block = '# [tool.dagster-code-runner]\n# run-memory = "256m"\n# run-cpus = 0.5\n'
+    parsed = meta(block)
+    assert parsed is not None
+    assert parsed.run_limits == RunLimits(memory=256 * MIB, cpus=0.5)
+    assert parsed.run_limits.describe() == "memory 256 MiB, 0.5 CPUs"
+    with pytest.raises(script.MetadataError, match="run-cpus"):
+        meta("# [tool.dagster-code-runner]\n# run-cpus = 0\n")
+    with pytest.raises(script.MetadataError, match=r"unknown key.*run-mem"):
+        meta('# [tool.dagster-code-runner]\n# run-mem = "1g"\n')
+
+
+def test_a_limit_edit_keeps_the_environment() -> None:
+    small = meta('# [tool.dagster-code-runner]\n# run-memory = "256m"\n')
+    large = meta('# [tool.dagster-code-runner]\n# run-memory = "2g"\n')
+    assert small is not None and large is not None
+    assert env.spec_for(small).key == env.spec_for(large).key == env.spec_for(meta("")).key
+
+
+def test_service_defaults_fill_what_the_file_leaves_out() -> None:
+    defaults = limits.service_defaults({"RUNNER_RUN_MEMORY": "1g", "RUNNER_RUN_CPUS": "2"})
+    assert RunLimits(cpus=0.5).over(defaults) == RunLimits(memory=1024 * MIB, cpus=0.5)
+    with pytest.raises(ValueError, match="RUNNER_RUN_CPUS"):
+        limits.service_defaults({"RUNNER_RUN_CPUS": "many"})
+
+
+def test_docker_runs_carry_limits_volumes_network_and_the_files_entry_point() -> None:
+    runs = ContainerRuns.from_environ(
+        "docker", {"RUNNER_RUN_IMAGE": "img:1", "RUNNER_RUN_NETWORK": "net"},
+        own_container="c" * 64, defaults=RunLimits(cpus=1.0),
+    )  # fmt: skip
+    args = runs.server_args("sales", RunLimits(memory=256 * MIB))
+    assert "--use-python-environment-entry-point" in args
+    assert args[args.index("--container-image") + 1] == "img:1"
+    context = json.loads(args[args.index("--container-context") + 1])["docker"]
+    kwargs = context["container_kwargs"]
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * MIB
+    assert kwargs["nano_cpus"] == 1_000_000_000
+    assert kwargs["volumes_from"] == ["c" * 64]
+    assert kwargs["labels"] == {container_runs.LOCATION_LABEL: "sales"}
+    assert context["networks"] == ["net"]
+    assert runs.problem() is None
+    entry = container_runs.entry_point(Path("/state/envs/ab/bin/python"), Path("/s/runs/x.json"))
+    assert entry[0] == "/state/envs/ab/bin/python" and entry[1].endswith("boot/run.py")
+
+
+def test_kubernetes_runs_mount_the_claims_and_carry_the_limits() -> None:
+    runs = ContainerRuns.from_environ(
+        "k8s", {"RUNNER_RUN_VOLUMES": "runner-state:/var/lib/runner,share:/opt/dagster"},
+        own_container=None, defaults=RunLimits(),
+    )  # fmt: skip
+    assert runs.volumes == (
+        Volume("runner-state", "/var/lib/runner"),
+        Volume("share", "/opt/dagster"),
+    )
+    k8s = container_runs.container_context(runs, "sales", RunLimits(memory=512 * MIB, cpus=1.5))
+    k8s = k8s["k8s"]
+    assert k8s["resources"]["limits"] == {"memory": str(512 * MIB), "cpu": "1500m"}
+    assert {"name": "runner-state", "mountPath": "/var/lib/runner"} in k8s["volume_mounts"]
+    assert {"name": "share", "persistentVolumeClaim": {"claimName": "share"}} in k8s["volumes"]
+
+
+def test_container_runs_without_the_runners_volumes_are_a_stated_problem() -> None:
+    docker = ContainerRuns.from_environ("docker", {}, own_container=None, defaults=RunLimits())
+    assert "RUNNER_RUN_VOLUMES" in (docker.problem() or "")
+    with pytest.raises(ValueError, match="NAME:/absolute/path"):
+        container_runs.parse_volumes("just-a-name")
+    assert ContainerRuns("local").server_args("x", RunLimits(memory=MIB * 64)) == []
+
+
+def test_the_runners_own_container_is_read_from_mountinfo() -> None:
+    cid = "0123456789abcdef" * 4
+    line = f"712 700 0:50 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw - ext4 x rw\n"
+    assert container_runs.own_container("1 0 8:1 / / rw - ext4 /dev/vda rw\n" + line) == cid
+    assert container_runs.own_container("1 0 8:1 / / rw - ext4 /dev/vda rw\n") is None
+
+
+def test_launcher_kind_knows_dagsters_container_launchers() -> None:
+    from dagster._core.launcher import DefaultRunLauncher
+    from dagster_docker import DockerRunLauncher
+
+    assert container_runs.launcher_kind(DockerRunLauncher()) == "docker"
+    assert container_runs.launcher_kind(DefaultRunLauncher()) == "local"
+
+
+def test_docker_runs_get_an_instance_folder_and_config_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL",
+                 "DAGSTER_POSTGRES_HOST"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "docker")
+    where = paths.layout(tmp_path)
+    assert where.instance_home == tmp_path / "dagster_home" / "docker"
+    paths.ensure_instance_config(where)
+    text = (where.instance_home / "dagster.yaml").read_text()
+    assert "class: DockerRunLauncher" in text and "storage:" not in text
+    monkeypatch.setenv("DAGSTER_POSTGRES_HOST", "db")
+    assert paths.layout(tmp_path).instance_home.name == "postgres-docker"
+    monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "kubernetes")
+    with pytest.raises(SystemExit, match="local or docker"):
+        paths.layout(tmp_path)
