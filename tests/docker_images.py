@@ -8,14 +8,12 @@ the proxy's CA in ``/usr/local/share/ca-certificates/``, as corporate base image
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
-
+from tests.needs import missing
 from tests.service import ROOT
 
 BASE = "dagster-code-runner-base:bookworm"
@@ -28,13 +26,6 @@ def docker(*args: str, timeout: float = 1200) -> str:
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"docker {' '.join(args[:3])}...: {proc.stderr[-3000:]}"
     return proc.stdout
-
-
-def missing(why: str) -> None:
-    """Skip, naming what to install; under CI, fail (``.ci/run`` provides it)."""
-    if os.environ.get("CI"):
-        pytest.fail(why + "; .ci/run provides it")
-    pytest.skip(why)
 
 
 def require_engine() -> None:
@@ -54,7 +45,6 @@ def compose_command() -> list[str]:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     missing("needs Docker Compose (apt-get install docker-compose)")
-    raise AssertionError("unreachable")
 
 
 def local_base() -> str:
@@ -64,6 +54,7 @@ def local_base() -> str:
     with tempfile.TemporaryDirectory(prefix="debootstrap-") as rootfs:
         subprocess.run(["debootstrap", "--variant=minbase", "bookworm", rootfs], check=True,
                        capture_output=True, timeout=900)  # fmt: skip
+        Path(rootfs).chmod(0o755)  # the image's /: a temporary folder is the user's alone
         if HOST_CA.exists():
             cas = Path(rootfs) / "usr/local/share/ca-certificates"
             cas.mkdir(parents=True, exist_ok=True)

@@ -176,11 +176,11 @@ class WebClient:
     def run_failure_text(self, run_id: str) -> str:
         data = self.graphql(
             """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection {
-                 events { __typename message } } } }""",
+                 events { __typename ... on MessageEvent { message } } } } }""",
             {"id": run_id},
         )
         events = data["logsForRun"].get("events", [])
-        return "\n".join(f"{e['__typename']}: {e['message']}" for e in events)
+        return "\n".join(f"{e['__typename']}: {e.get('message')}" for e in events)
 
 
 class Service(WebClient):

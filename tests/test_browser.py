@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
+from tests.needs import missing
 from tests.service import ROOT, Service, asset_file, drop, running, wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ UI_TIMEOUT_MS = 120_000
 @pytest.fixture
 def page(request: pytest.FixtureRequest) -> Iterator[Page]:
     if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (CI does)")
+        missing(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     with sync_playwright() as playwright:

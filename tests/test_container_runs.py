@@ -135,3 +135,42 @@ def test_docker_runs_get_an_instance_folder_and_config_of_their_own(
     monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "kubernetes")
     with pytest.raises(SystemExit, match="local or docker"):
         paths.layout(tmp_path)
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_oom_kill_is_reported_on_the_run_it_killed(tmp_path: Path, finished: bool) -> None:
+    """boot/run.py's report, read back from a real instance (the launch itself is in
+    tests/test_compose.py): the run's failure if it had not ended, else an event beside it."""
+    import importlib.util
+
+    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster._core.code_pointer import FileCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import serialize_value
+
+    spec = importlib.util.spec_from_file_location("run_boot", container_runs.RUN_BOOT)
+    assert spec is not None and spec.loader is not None
+    run_boot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_boot)
+    run_boot.memory_limit = lambda: 600 * MIB  # the container's cgroup, here
+
+    origin = JobPythonOrigin(
+        "__ASSET_JOB",
+        RepositoryPythonOrigin("python", FileCodePointer(str(tmp_path / "f.py"), "defs")),
+    )
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        status = DagsterRunStatus.FAILURE if finished else DagsterRunStatus.STARTED
+        run = instance.add_run(
+            DagsterRun(job_name="__ASSET_JOB", job_code_origin=origin, status=status)
+        )
+        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id,
+                              instance_ref=instance.get_ref())  # fmt: skip
+        run_boot.report_oom(["api", "execute_run", serialize_value(args)], 1)
+
+        reported = instance.get_run_by_id(run.run_id)
+        assert reported is not None and reported.status == DagsterRunStatus.FAILURE
+        messages = [e.message for e in instance.all_logs(run.run_id)]
+    [message] = [m for m in messages if "Out of memory" in m]
+    assert "memory limit of 600 MiB" in message and "killed 1 of its processes" in message

@@ -13,6 +13,7 @@ import pytest
 
 from runner.env import EnvStore, spec_for
 from runner.script import parse_metadata
+from tests.needs import missing
 from tests.service import asset_file, drop, running
 
 pytestmark = pytest.mark.slow
@@ -30,13 +31,13 @@ def _ip(*args: str) -> None:
 def runner_namespace() -> Iterator[str]:
     """A network namespace holding RUNNER_SIDE, reachable from this one at WEB_SIDE."""
     if shutil.which("ip") is None:
-        pytest.skip("iproute2 is not installed")
+        missing("needs iproute2 (apt-get install iproute2)")
     name = f"rt{uuid.uuid4().hex[:6]}"
     host_if, ns_if = f"vh{name}", f"vn{name}"
     try:
         _ip("netns", "add", name)
     except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
+        missing(f"needs root for a network namespace ({exc.stderr.strip()})")
     try:
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", name)

@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 from runner import paths
+from tests.needs import missing
 from tests.service import asset_file, drop, running, wait_for
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def database_url() -> Iterator[str]:
     except psycopg2.OperationalError as exc:
         if configured:
             pytest.fail(f"RUNNER_TEST_POSTGRES_URL is set but unreachable: {exc}")
-        pytest.skip(f"no PostgreSQL at {server} ({str(exc).strip()}); set RUNNER_TEST_POSTGRES_URL")
+        missing(f"needs PostgreSQL at {server} or RUNNER_TEST_POSTGRES_URL ({str(exc).strip()})")
     admin.autocommit = True
     db = f"runner_test_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:

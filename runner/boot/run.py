@@ -73,7 +73,7 @@ def report_oom(args, killed):
         "processes (OOM-killed). Raise run-memory in the file's [tool.dagster-code-runner] "
         "table (or RUNNER_RUN_MEMORY for every file), or make the run use less memory."
     )
-    run_args = deserialize_value(args[-1], ExecuteRunArgs, ResumeRunArgs)
+    run_args = deserialize_value(args[-1], as_type=(ExecuteRunArgs, ResumeRunArgs))
     with DagsterInstance.from_ref(run_args.instance_ref) as instance:
         run = instance.get_run_by_id(run_args.run_id)
         if run is None:
