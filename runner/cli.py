@@ -178,6 +178,21 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if snapshot.running else 3
 
 
+def _lock(args: argparse.Namespace) -> int:
+    from .lock import LockError, served_lock
+
+    try:
+        text = served_lock(paths.layout(args.share), Path(args.file))
+    except (LockError, OSError) as exc:
+        print(f"runner lock: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _setting(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -252,6 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--share", help="folder holding code_location/ and dagster_home/")
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.set_defaults(func=_status)
+
+    lock = sub.add_parser(
+        "lock", help="the lock the runner serves FILE with, to commit beside it as FILE.lock "
+        "(then `uv run --script FILE` runs the same versions)",
+    )  # fmt: skip
+    lock.add_argument("file", help="the location's file, in code_location/")
+    lock.add_argument("--share", help="folder holding code_location/ and dagster_home/")
+    lock.add_argument("-o", "--output", help="write it here instead of to stdout")
+    lock.set_defaults(func=_lock)
 
     args, options = parser.parse_known_args(argv)
     if args.command == "webserver":

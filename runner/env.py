@@ -1,14 +1,27 @@
 """Immutable uv environments, one per distinct PEP 723 metadata.
 
-An environment is keyed by a digest of the metadata it was built from, so files with the same
-dependencies share one, and an edit that changes only code reuses it. It is built aside
-(``uv venv --relocatable`` + ``uv sync --script --active`` into a temporary directory, bytecode
-compiled at build time) and renamed into place, so a server never sees a half-built
-environment and nothing ever syncs into an environment a server uses.
+An environment is keyed by a digest of the metadata it was built from (and of the file's
+lockfile, if it has one), so files with the same dependencies share one, and an edit that
+changes only code reuses it. It is built aside (``uv venv --relocatable`` + ``uv sync --script
+--active --locked`` into a temporary directory, bytecode compiled at build time) and renamed
+into place, so a server never sees a half-built environment and nothing ever syncs into an
+environment a server uses.
+
+Every build is a locked sync, so what was resolved once is what every later build installs:
+
+* ``own``: the file's own ``FILE.py.lock`` (``uv lock --script FILE.py``), exactly; what the
+  runner must add (dagster, the instance's storage package) is installed beside it, held to
+  the lock's versions;
+* ``kept``: no lockfile, but the runner resolved this metadata before and kept that
+  resolution in its state (``.scripts/<key>.py.lock``): rebuilt from it, on any machine that
+  shares the state, until the file's metadata changes;
+* ``fresh``: resolved now (``uv lock --script`` on the runner's copy of the metadata), then
+  kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,12 +29,13 @@ import shutil
 import subprocess
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uv
 
@@ -45,6 +59,11 @@ class BuildError(Exception):
         self.transient = transient
 
 
+Pins = Literal["own", "kept", "fresh"]
+#: Written into each built environment: how it was resolved, and what it has.
+RESOLUTION_FILE = "runner-resolution.json"
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """What to build: the metadata uv sees (dagster added if missing) and its key."""
@@ -52,13 +71,34 @@ class EnvSpec:
     key: str
     metadata: dict[str, Any]
     added: tuple[str, ...]  # requirements the runner added to the file's own
+    #: The file's own lockfile (its text): the metadata is then the file's own, and
+    #: ``added`` is installed beside the locked packages.
+    lock: str | None = None
+    #: The projects the file asks for by name (its direct dependencies), for ``status``.
+    direct: tuple[str, ...] = ()
 
     @property
     def short(self) -> str:
         return self.key[:12]
 
 
-def spec_for(metadata: script.ScriptMetadata, extras: tuple[str, ...] = ()) -> EnvSpec:
+@dataclass(frozen=True)
+class Resolution:
+    """How a built environment was resolved, and the versions of what the file asks for."""
+
+    pins: Pins
+    versions: dict[str, str]  # dagster and the file's direct dependencies
+
+    def describe(self) -> str:
+        how = {"own": "its own lockfile", "kept": "the runner's kept resolution",
+               "fresh": "a fresh resolution (now kept)"}[self.pins]  # fmt: skip
+        listed = ", ".join(f"{name} {version}" for name, version in self.versions.items())
+        return f"{listed} (from {how})" if listed else f"from {how}"
+
+
+def spec_for(
+    metadata: script.ScriptMetadata, extras: tuple[str, ...] = (), *, lock: str | None = None
+) -> EnvSpec:
     """The environment a file needs: its own metadata, plus what serving it requires.
 
     A code server is ``dagster api grpc`` running in the file's environment, so dagster must
@@ -74,8 +114,14 @@ def spec_for(metadata: script.ScriptMetadata, extras: tuple[str, ...] = ()) -> E
         data["tool"] = tool
     added = [] if metadata.mentions("dagster") else [f"dagster=={DAGSTER_VERSION}"]
     added += [extra for extra in extras if not metadata.mentions(extra)]
+    direct = tuple(dict.fromkeys(["dagster", *metadata.names()]))
+    if lock is not None:  # uv checks the lock against the file's own metadata: keep it as is
+        identity = {**data, "runner-added": added, "lock": script.digest_bytes(lock.encode())}
+        return EnvSpec(key=script.metadata_digest(identity), metadata=data, added=tuple(added),
+                       lock=lock, direct=direct)  # fmt: skip
     data["dependencies"] = [*data["dependencies"], *added]
-    return EnvSpec(key=script.metadata_digest(data), metadata=data, added=tuple(added))
+    return EnvSpec(key=script.metadata_digest(data), metadata=data, added=tuple(added),
+                   direct=direct)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,6 +143,7 @@ class EnvStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._running: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._resolutions: dict[str, Resolution] = {}  # built environments never change
 
     def path(self, key: str) -> Path:
         return self.root / key[:32]
@@ -109,6 +156,23 @@ class EnvStore:
     def script_path(self, key: str) -> Path:
         """A metadata-only copy of the script: what ``uv sync --script`` reads."""
         return self.root / ".scripts" / f"{key[:32]}.py"
+
+    def lock_path(self, key: str) -> Path:
+        """The lock beside that copy: the file's own, or the runner's kept resolution."""
+        return self.root / ".scripts" / f"{key[:32]}.py.lock"
+
+    def resolution(self, key: str) -> Resolution | None:
+        """How the built environment ``key`` was resolved, or ``None`` (not built, or built
+        before this was recorded)."""
+        if key in self._resolutions:
+            return self._resolutions[key]
+        try:
+            data = json.loads((self.path(key) / RESOLUTION_FILE).read_text())
+            found = Resolution(pins=data["pins"], versions=dict(data["versions"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        self._resolutions[key] = found
+        return found
 
     def build(
         self, spec: EnvSpec, progress: Callable[[str], None] = lambda text: None, *,
@@ -150,14 +214,47 @@ class EnvStore:
             env,
             cwd=meta_script.parent,
         )
-        progress("resolving dependencies")
-        self._uv(
-            ["sync", "--script", str(meta_script), "--active", "--no-progress"]
-            + (["--refresh"] if refresh else []),
-            env,
-            cwd=meta_script.parent,
-            on_line=lambda line: _report(line, progress),
-        )
+        lock = self.lock_path(spec.key)
+        fresh = ["--refresh"] if refresh else []
+        pins: Pins = "own" if spec.lock is not None else "kept" if lock.exists() else "fresh"
+        if spec.lock is not None:
+            lock.write_text(spec.lock)
+        elif pins == "fresh":
+            progress("resolving dependencies")
+            self._uv(["lock", "--script", str(meta_script), "--no-progress", *fresh], env,
+                     cwd=meta_script.parent)  # fmt: skip
+        sync = ["sync", "--script", str(meta_script), "--active", "--locked", "--no-progress",
+                *fresh]  # fmt: skip
+
+        def report(line: str) -> None:
+            _report(line, progress)
+
+        progress("installing the locked versions")
+        try:
+            self._uv(sync, env, cwd=meta_script.parent, on_line=report)
+        except BuildError as exc:
+            if "needs to be updated" not in str(exc) or pins == "fresh":
+                raise
+            if pins == "own":
+                raise StaleLock() from None
+            # A kept resolution uv no longer accepts (its lock format changed): resolve anew.
+            log.warning("env %s: the kept resolution is out of date; resolving again", spec.short)
+            pins = "fresh"
+            self._uv(["lock", "--script", str(meta_script), "--no-progress", *fresh], env,
+                     cwd=meta_script.parent)  # fmt: skip
+            self._uv(sync, env, cwd=meta_script.parent, on_line=report)
+        locked = locked_versions(lock.read_text())
+        if spec.lock is not None and spec.added:
+            # What serving needs and the lock lacks, held to the lock's versions.
+            progress(f"adding {', '.join(spec.added)}")
+            constraints = staging / "runner-constraints.txt"
+            constraints.write_text("".join(f"{n}=={v}\n" for n, v in locked.items()))
+            self._uv(["pip", "install", "--python", str(staging / "bin" / "python"),
+                      "--constraints", str(constraints), "--no-progress", *fresh, *spec.added],
+                     env, cwd=meta_script.parent)  # fmt: skip
+            constraints.unlink()
+        versions = {n: locked[n] for n in map(_normalize, spec.direct) if n in locked}
+        (staging / RESOLUTION_FILE).write_text(json.dumps({"pins": pins, "versions": versions}))
         final = self.path(spec.key)
         try:
             staging.rename(final)
@@ -259,8 +356,43 @@ class EnvStore:
             process.stop(proc, name="uv build", grace=2)
 
     def remove(self, key: str) -> None:
+        """Remove an environment no file uses, with its resolution: a file that asks for the
+        same metadata later is resolved afresh."""
         shutil.rmtree(self.path(key), ignore_errors=True)
         self.script_path(key).unlink(missing_ok=True)
+        self.lock_path(key).unlink(missing_ok=True)
+
+
+class StaleLock(BuildError):
+    """The file's lockfile no longer matches its metadata (uv's ``--locked`` refused it)."""
+
+    def __init__(self) -> None:
+        super().__init__(self.for_file("FILE.py"), transient=False)
+
+    @staticmethod
+    def for_file(name: str) -> str:
+        return (
+            f"its lockfile ({name}.lock) does not match its dependencies any more, so uv "
+            f"refused to install from it: run `uv lock --script {name}` where the file is "
+            "(or remove the lock); the last good version keeps serving"
+        )
+
+
+def locked_versions(lock_text: str) -> dict[str, str]:
+    """``{project: version}`` of every package a uv lockfile pins (names normalized)."""
+    try:
+        packages = tomllib.loads(lock_text).get("package", [])
+    except tomllib.TOMLDecodeError:
+        return {}
+    return {
+        _normalize(p["name"]): str(p["version"])
+        for p in packages
+        if isinstance(p, dict) and "name" in p and "version" in p
+    }
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _uv_env(python_dir: Path) -> dict[str, str]:

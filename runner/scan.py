@@ -33,6 +33,9 @@ class LocationSpec:
     metadata: script.ScriptMetadata
     #: Its settings files (their digest is part of ``digest``).
     settings: LocationSettings = field(default_factory=LocationSettings)
+    #: Its lockfile beside it (``FILE.py.lock``, as ``uv lock --script`` writes it), if any:
+    #: the text is part of ``digest``, and its environment is built from it.
+    lock: str | None = field(default=None, repr=False)
     #: The file's bytes as read: a copy serves this version again if it must restart after
     #: the file has changed (see ``Prepare.last_good``).
     source: bytes = field(default=b"", repr=False, compare=False)
@@ -104,6 +107,7 @@ class Scanner:
         self._written: dict[str, Signature] = {}  # relpath -> signature when complete
         self._changed = True  # something was admitted or removed since the last scan
         self._desired: dict[str, Desired] = {}  # the last scan's desired set
+        self._locks: dict[str, tuple[Signature, str | None, str | None]] = {}
         self.ignores = ignore.IgnoreFiles(root)
         #: Files and folders an ignore file leaves out, and why (for ``status``).
         self.ignored: dict[str, str] = {}
@@ -152,9 +156,54 @@ class Scanner:
             stable = {s.result.name: s.result for s in self._seen.values() if s.result is not None}
             self._desired = self._with_helpers(stable)
             self._changed = False
-        result.desired = self._with_settings(self._desired)
-        result.early = self._with_settings(self._with_helpers(result.early)) if result.early else {}
+        result.desired = self._with_locks(self._with_settings(self._desired))
+        if result.early:
+            result.early = self._with_locks(self._with_settings(self._with_helpers(result.early)))
         return result
+
+    def _with_locks(self, specs: dict[str, Desired]) -> dict[str, Desired]:
+        """Attach each location's lockfile and fold it into its digest, so that adding,
+        editing or removing ``FILE.py.lock`` builds the environment anew (one stat each)."""
+        out: dict[str, Desired] = {}
+        for name, spec in specs.items():
+            if isinstance(spec, LocationSpec):
+                text, error = self._lock_of(spec.relpath)
+                if error is not None:
+                    failed = script.digest_bytes(f"{spec.digest}\n{error}".encode())
+                    spec = SpecError(name, spec.relpath, spec.path, failed, error)
+                elif text is not None:
+                    locked = script.digest_bytes(f"{spec.digest}\n{text}".encode())
+                    spec = dataclasses.replace(spec, digest=locked, lock=text)
+            out[name] = spec
+        return out
+
+    def _lock_of(self, relpath: str) -> tuple[str | None, str | None]:
+        """The text of ``relpath``'s lockfile (``None``: it has none), or why it is unusable;
+        read again only when its size, mtime or mode change."""
+        lock_rel = relpath + ".lock"
+        path = self.root / lock_rel
+        try:
+            signature = signature_of(path.stat())
+        except FileNotFoundError:
+            self._locks.pop(lock_rel, None)
+            return None, None
+        except OSError as exc:
+            return None, f"{lock_rel}: the runner cannot read it ({exc.strerror or exc})"
+        cached = self._locks.get(lock_rel)
+        if cached is not None and cached[0] == signature:
+            return cached[1], cached[2]
+        text, error = None, None
+        try:
+            if signature[0] > MAX_FILE_BYTES:
+                error = f"{lock_rel} is larger than {MAX_FILE_BYTES // 1024**2} MiB"
+            else:
+                text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return None, None
+        except (OSError, UnicodeDecodeError) as exc:
+            error = f"{lock_rel}: the runner cannot read it as a lockfile ({exc})"
+        self._locks[lock_rel] = (signature, text, error)
+        return text, error
 
     def _with_settings(self, specs: dict[str, Desired]) -> dict[str, Desired]:
         """Attach each location's settings files and fold them into its digest, so that a

@@ -42,6 +42,10 @@ class ScriptMetadata:
         want = _normalize(project)
         return any(_normalize(Requirement(d).name) == want for d in self.dependencies)
 
+    def names(self) -> tuple[str, ...]:
+        """The projects its dependencies name (normalized as pip does), in order."""
+        return tuple(_normalize(Requirement(d).name) for d in self.dependencies)
+
     @property
     def run_limits(self) -> limits.RunLimits:
         """The memory and CPUs its runs may use, as its ``[tool.dagster-code-runner]`` says."""

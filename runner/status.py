@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .env import Resolution
 from .plan import Generation, Location
 from .workspace import write_if_changed
 
@@ -54,6 +55,9 @@ class FileStatus:
     settings: tuple[str, ...] = ()  # settings files that apply, and...
     variables: tuple[str, ...] = ()  # ...the names (never the values) they set
     ignored_by: str | None = None  # the ignore file and line that leave this file out
+    #: How the environment it serves with was resolved: own (its lockfile), kept, fresh.
+    pins: str | None = None
+    versions: dict[str, str] | None = None  # of dagster and the file's direct dependencies
     error: str | None = None  # why it failed, in full, while it is failed
     last_error: str | None = None  # the most recent error, kept after recovery
     last_error_at: float | None = None
@@ -68,6 +72,7 @@ def describe(
     waiting_to_start: bool,
     build_progress: str | None,
     env_path: Callable[[str], Path],
+    resolution: Callable[[str], Resolution | None] = lambda key: None,
 ) -> FileStatus:
     """One location's row; its state follows from the generations the runner holds for it."""
     cur, nxt = loc.current, loc.next
@@ -89,6 +94,7 @@ def describe(
     gen = nxt or cur
     server = (cur.server if alive and cur is not None else None) or (nxt and nxt.server)
     shown = cur if alive else None
+    resolved = resolution((shown or gen).env.key) if (shown or gen) else None
     return FileStatus(
         file=file, location=loc.name, state=state,
         env=gen.env.short if gen else None,
@@ -98,6 +104,8 @@ def describe(
         warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
         settings=gen.spec.settings.files if gen else (),
         variables=gen.spec.settings.names if gen else (),
+        pins=resolved.pins if resolved else None,
+        versions=resolved.versions if resolved else None,
         error=error.to_string() if error else None,
         last_error=loc.last_error.to_string() if loc.last_error else None,
         last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
@@ -250,6 +258,9 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
             lines.append(f"\n{row['file']}: ignored ({row['ignored_by']})")
         if row.get("warning"):
             lines.append(f"\n{row['location']} warning: {row['warning']}")
+        if row.get("pins"):
+            resolved = Resolution(row["pins"], row.get("versions") or {})
+            lines.append(f"\n{row['location']} versions: {resolved.describe()}")
         if row.get("settings"):
             lines.append(
                 f"\n{row['location']} settings: {', '.join(row['settings'])} "

@@ -340,7 +340,7 @@ class Supervisor:
     def _prepare(self, spec: LocationSpec, *, last_good: bool = False) -> None:
         loc = self.locations.setdefault(spec.name, Location(spec.name))
         self._abandon_next(loc)
-        env_spec = envs.spec_for(spec.metadata, self.settings.extra_requirements)
+        env_spec = envs.spec_for(spec.metadata, self.settings.extra_requirements, lock=spec.lock)
         loc.next = Generation(spec=spec, env=env_spec, started=self.clock(), last_good=last_good)
         loc.retry_at = None
         built = self.store.get(env_spec)
@@ -370,7 +370,9 @@ class Supervisor:
                            transient=True)  # fmt: skip
             else:
                 metrics.FAILURES.labels(stage="env").inc()
-                self._fail(loc, gen, f"could not build the environment:\n{msg.error}")
+                why = (envs.StaleLock.for_file(gen.spec.path.name)
+                       if isinstance(msg.error, envs.StaleLock) else msg.error)  # fmt: skip
+                self._fail(loc, gen, f"could not build the environment:\n{why}")
 
     def _start_queued(self) -> None:
         """Start servers whose environment is ready, a few at a time.
@@ -632,8 +634,10 @@ class Supervisor:
             if current is not None and current.server is not None and current.alive():
                 broken, file = current.load_error is not None, current.spec.relpath
                 warning = status.ignored_warning(current.ignored) if current.ignored else ""
+                resolved = self.store.resolution(current.env.key)
                 out.append(Entry(loc.name, host, current.server.port, broken, file,
-                                 current.server.server_id, warning))  # fmt: skip
+                                 current.server.server_id, warning,
+                                 resolved.describe() if resolved else ""))  # fmt: skip
                 if loc.error_server is not None:
                     out.append(Entry(loc.name + FAILED_SUFFIX, host, loc.error_server.port, True,
                                      file, loc.error_server.server_id))  # fmt: skip
@@ -679,7 +683,7 @@ class Supervisor:
         path = self.store.path
         rows = [
             status.describe(
-                loc, file=self._file_of(loc), env_path=path,
+                loc, file=self._file_of(loc), env_path=path, resolution=self.store.resolution,
                 waiting_to_start=loc.next is not None
                 and self._queued.get(loc.name, (None, None))[0] is loc.next,
                 build_progress=self.builds.progress(loc.next.env.key) if loc.next else None,

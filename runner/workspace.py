@@ -35,14 +35,18 @@ class Entry:
     file: str = ""  # the file on the share, shown with the location in the UI
     server_id: str = ""  # the id of the server on ``port``
     warning: str = ""  # shown with the location in the UI (e.g. definitions Dagster dropped)
+    versions: str = ""  # shown with the location: dagster's and its dependencies' versions
 
 
 def _grpc_server(entry: Entry) -> dict:
     config: dict = {"host": entry.host, "port": entry.port, "location_name": entry.name}
     if entry.server_id:
         metadata = {"file": entry.file, SERVER_ID: entry.server_id}
-        config["additional_metadata"] = {**metadata, **({"warning": entry.warning}
-                                                         if entry.warning else {})}  # fmt: skip
+        if entry.versions:
+            metadata["versions"] = entry.versions
+        if entry.warning:
+            metadata["warning"] = entry.warning
+        config["additional_metadata"] = metadata
     return {"grpc_server": config}
 
 

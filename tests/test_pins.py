@@ -1,0 +1,70 @@
+"""How a file's lock and the runner's resolutions enter an environment's identity: pure, fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner import env, script
+from runner.scan import LocationSpec, Scanner
+
+FILE = '# /// script\n# dependencies = ["dagster", "Six>=1"]\n# ///\nimport dagster\n'
+LOCK = """version = 1
+requires-python = ">=3.11"
+
+[manifest]
+requirements = [{ name = "dagster" }, { name = "six", specifier = ">=1" }]
+
+[[package]]
+name = "Six"
+version = "1.16.0"
+
+[[package]]
+name = "dagster"
+version = "1.13.27"
+"""
+
+
+def meta() -> script.ScriptMetadata:
+    parsed = script.parse_metadata(FILE)
+    assert parsed is not None
+    return parsed
+
+
+def test_a_lock_is_part_of_the_environments_identity_and_the_metadata_stays_the_files() -> None:
+    unlocked = env.spec_for(meta(), ("dagster-postgres",))
+    locked = env.spec_for(meta(), ("dagster-postgres",), lock=LOCK)
+    relocked = env.spec_for(meta(), ("dagster-postgres",), lock=LOCK.replace("1.16.0", "1.17.0"))
+    assert len({unlocked.key, locked.key, relocked.key}) == 3
+    assert env.spec_for(meta(), ("dagster-postgres",), lock=LOCK).key == locked.key
+    # uv checks the lock against the file's own metadata: the runner's additions stay aside.
+    assert locked.metadata["dependencies"] == ["dagster", "Six>=1"]
+    assert locked.added == ("dagster-postgres",)
+    assert unlocked.metadata["dependencies"] == ["dagster", "Six>=1", "dagster-postgres"]
+    assert locked.direct == ("dagster", "six")
+
+
+def test_locked_versions_and_how_a_resolution_is_described() -> None:
+    assert env.locked_versions(LOCK) == {"six": "1.16.0", "dagster": "1.13.27"}
+    assert env.locked_versions("not = [toml") == {}
+    described = env.Resolution("own", {"dagster": "1.13.27", "six": "1.16.0"}).describe()
+    assert described == "dagster 1.13.27, six 1.16.0 (from its own lockfile)"
+
+
+def test_adding_editing_and_removing_a_lock_changes_the_files_version(tmp_path: Path) -> None:
+    (tmp_path / "pipe.py").write_text(FILE)
+    scanner = Scanner(tmp_path, stable_for=0)
+
+    def scanned() -> LocationSpec:
+        spec = scanner.scan(now=0).desired["pipe"]
+        assert isinstance(spec, LocationSpec)
+        return spec
+
+    plain = scanned()
+    (tmp_path / "pipe.py.lock").write_text(LOCK)
+    locked = scanned()
+    assert locked.lock == LOCK and locked.digest != plain.digest
+    (tmp_path / "pipe.py.lock").write_text(LOCK + "\n")
+    assert scanned().digest not in (plain.digest, locked.digest)
+    (tmp_path / "pipe.py.lock").unlink()
+    again = scanned()
+    assert again.lock is None and again.digest == plain.digest
