@@ -21,7 +21,7 @@ import time
 
 from runner import instance, paths, process
 from runner.cli import setup_logging
-from runner.workspace import ensure_exists
+from runner.workspace import ensure_exists, local_address
 
 log = logging.getLogger("entrypoint")
 
@@ -67,8 +67,8 @@ def webserver_url(args: argparse.Namespace) -> str:
     explicit = os.environ.get("DAGSTER_WEBSERVER_URL")
     if explicit:
         return explicit
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    return f"http://{host}:{args.port}"
+    host = local_address(args.host)
+    return f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ the OS picks, with one worker thread.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,8 +73,8 @@ class ErrorServer:
         on_reload: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.location = location
-        self.error = error
         self.host = host
+        self.pid = os.getpid()  # served in the runner's own process
         self.server_id = f"{location}-error-{uuid.uuid4().hex[:12]}"
         self._server = grpc.server(ThreadPoolExecutor(max_workers=1, thread_name_prefix="error"))
         add_DagsterApiServicer_to_server(

@@ -22,6 +22,7 @@ class Served(Protocol):
 
     port: int
     server_id: str
+    pid: int  # the process serving it (the runner's own, for an in-process error server)
 
     def exited(self) -> int | None: ...
 
@@ -34,9 +35,9 @@ class Generation:
 
     spec: LocationSpec
     env: envs.EnvSpec
-    started: float
+    prepared: float  # when the runner began preparing it (building, or finding, its env)
     server: Served | None = None
-    spawned: float | None = None  # monotonic time its server was started
+    spawned: float | None = None  # when its server was started
     ready: bool = False  # answered and loaded; served once its file is stable
     load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
     ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
@@ -68,9 +69,6 @@ class Location:
     last_loaded: float | None = None  # a version last loaded without error
     last_error: SerializableErrorInfo | None = None  # kept after recovery
     last_error_at: float | None = None
-
-    def backoff(self, *, base: float, cap: float) -> float:
-        return min(cap, base * 2 ** max(0, self.attempts - 1))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from . import daemon, metrics, workspace
 
+#: Seconds the daemon has to take a new workspace in before the webserver is reloaded anyway.
+DAEMON_TIMEOUT = 60.0
+
 log = logging.getLogger(__name__)
 
 
@@ -24,12 +27,10 @@ class Publisher:
         workspace_path: Path,
         *,
         webserver_url: str | None,
-        daemon_timeout: float = 60.0,
         on_published: Callable[[int], None] = lambda version: None,
     ) -> None:
         self.path = workspace_path
         self.webserver_url = webserver_url
-        self.daemon_timeout = daemon_timeout
         self.on_published = on_published
         self._cond = threading.Condition()
         self._wanted: tuple[int, list[workspace.Entry], workspace.Static] | None = None
@@ -96,7 +97,7 @@ class Publisher:
 
     def _wait_for_daemon(self, digest: str | None, version: int) -> bool:
         """Wait until a live daemon has loaded ``digest``; False if superseded meanwhile."""
-        deadline = time.monotonic() + self.daemon_timeout
+        deadline = time.monotonic() + DAEMON_TIMEOUT
         while True:
             ack = daemon.read_ack(self.path)
             if ack is None or not ack.fresh():
@@ -119,7 +120,7 @@ class Publisher:
                     "reloading the webserver anyway",
                     ack.pid,
                     version,
-                    self.daemon_timeout,
+                    DAEMON_TIMEOUT,
                 )
                 return True
             time.sleep(0.05)

@@ -26,17 +26,13 @@ from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
 from . import process
+from .workspace import local_address
 
 log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
     """The server did not come up; the message says why."""
-
-
-def local_address(bind_host: str) -> str:
-    """Where this machine reaches a server bound to ``bind_host`` (a wildcard: loopback)."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind_host, bind_host)
 
 
 def free_port(host: str) -> int:

@@ -99,7 +99,7 @@ def describe(
         file=file, location=loc.name, state=state,
         env=gen.env.short if gen else None,
         env_path=str(env_path(gen.env.key)) if gen else None,
-        port=server.port if server else None, pid=getattr(server, "pid", None),
+        port=server.port if server else None, pid=server.pid if server else None,
         serving=serving, progress=progress,
         warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
         settings=gen.spec.settings.files if gen else (),
@@ -130,7 +130,7 @@ def retiring(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
     return FileStatus(
         file=gen.spec.relpath, location=gen.spec.name, state="retiring",
         env=gen.env.short, env_path=str(env_path(gen.env.key)),
-        port=gen.server.port if gen.server else None, pid=getattr(gen.server, "pid", None),
+        port=gen.server.port if gen.server else None, pid=gen.server.pid if gen.server else None,
     )  # fmt: skip
 
 

@@ -23,12 +23,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
 
-from . import container_runs, location_env, metrics, script, status
+from . import container_runs, lifecycle, location_env, metrics, script, status
 from . import env as envs
 from . import server as servers
 from .builds import Builds, EnvDone
@@ -57,6 +57,12 @@ COLLISION_SUFFIX = "~name-collision"
 SCAN_CPU_SHARE = 0.01
 #: Seconds a starting server holds its start slot at most.
 SLOT_HELD_FOR = 15.0
+#: Environments built at once (each uv build uses the network and a core).
+PARALLEL_BUILDS = 2
+#: Servers starting at once (see ``_start_queued``).
+PARALLEL_STARTS = max(2, os.cpu_count() or 2)
+#: Seconds each server has to stop when the runner stops.
+SHUTDOWN_GRACE = 8.0
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,9 @@ class Settings:
     start_timeout: float = 180.0
     #: How long a replaced or deleted server may take to finish its in-flight runs.
     retire_grace: float = 3600.0
-    shutdown_grace: float = 8.0
     #: When a new version fails, keep serving the last good one (and show the failure beside
     #: it); False shows the failure in place of the location.
     keep_last_good: bool = True
-    max_parallel_builds: int = 2
-    #: Servers starting at once (see ``_start_queued``).
-    max_parallel_starts: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     #: DAGSTER_HOME of the instance; None: the folder of workspace.yaml.
     instance_home: Path | None = None
     #: Packages every environment needs to open the instance (e.g. dagster-postgres).
@@ -134,12 +136,14 @@ class Supervisor:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         store: envs.EnvStore | None = None,
         lease: Lease | None = None,
     ) -> None:
         self.settings = settings
         self.lease = lease  # held while it runs: one runner per share (see ``lease``)
-        self.clock = clock
+        self.clock = clock  # for every decision about time
+        self.wall = wall  # for times people read (status)
         self.store = store or envs.EnvStore(settings.state_dir / "envs")
         roots = [(settings.code_dir, settings.code_dir.name)]
         if settings.settings_dir is not None:
@@ -159,7 +163,7 @@ class Supervisor:
             webserver_url=settings.webserver_url,
             on_published=lambda version: self.wake(),
         )
-        self.builds = Builds(self.store, workers=settings.max_parallel_builds,
+        self.builds = Builds(self.store, workers=PARALLEL_BUILDS,
                              done=self.inbox.put, clock=clock)  # fmt: skip
         self._io_pool = ThreadPoolExecutor(64, "server-io")
         self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
@@ -341,7 +345,7 @@ class Supervisor:
         loc = self.locations.setdefault(spec.name, Location(spec.name))
         self._abandon_next(loc)
         env_spec = envs.spec_for(spec.metadata, self.settings.extra_requirements, lock=spec.lock)
-        loc.next = Generation(spec=spec, env=env_spec, started=self.clock(), last_good=last_good)
+        loc.next = Generation(spec=spec, env=env_spec, prepared=self.clock(), last_good=last_good)
         loc.retry_at = None
         built = self.store.get(env_spec)
         if built is not None:
@@ -382,14 +386,14 @@ class Supervisor:
         first ones visible within seconds and the last ones no later. A server that takes
         long to start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
         """
-        now = time.monotonic()
+        now = self.clock()
         starting = sum(
             1
             for loc in self.locations.values()
             if (gen := loc.next) is not None and gen.server is not None and not gen.ready
             and gen.spawned is not None and now - gen.spawned < SLOT_HELD_FOR
         )  # fmt: skip
-        while self._queued and starting < self.settings.max_parallel_starts:
+        while self._queued and starting < PARALLEL_STARTS:
             name = next(iter(self._queued))
             gen, env = self._queued.pop(name)
             loc = self.locations.get(name)
@@ -427,7 +431,7 @@ class Supervisor:
         except OSError as exc:
             self._fail(loc, gen, f"could not start the code server: {exc}")
             return
-        gen.server, gen.spawned = server, time.monotonic()
+        gen.server, gen.spawned = server, self.clock()
         self._used_envs.add(env.key)
         log.info("starting %s on port %d (pid %d)", loc.name, server.port, server.pid)
         self._io_pool.submit(self._wait_ready, loc.name, gen, server)
@@ -473,7 +477,7 @@ class Supervisor:
             old, loc.current, loc.next = loc.current, gen, None
             loc.retry_digest = loc.retry_at = None
             log.info("serving %s on port %d (pid %d), the last good version again",
-                     loc.name, gen.server.port, getattr(gen.server, "pid", 0))  # fmt: skip
+                     loc.name, gen.server.port, gen.server.pid)  # fmt: skip
             if old is not None:
                 self._retire(old)
             return
@@ -486,14 +490,14 @@ class Supervisor:
         if gen.ignored:
             log.warning("%s: %s", loc.name, status.ignored_warning(gen.ignored))
         log.info("serving %s on port %d (pid %d), ready in %.1fs", loc.name, gen.server.port,
-                 getattr(gen.server, "pid", 0), self.clock() - gen.started)  # fmt: skip
+                 gen.server.pid, self.clock() - gen.prepared)  # fmt: skip
         old = loc.current
         loc.current, loc.next = gen, None
         if gen.load_error is None:
-            loc.last_loaded = time.time()
+            loc.last_loaded = self.wall()
             self._keep_copy(gen)
         else:
-            loc.last_error, loc.last_error_at = gen.load_error, time.time()
+            loc.last_error, loc.last_error_at = gen.load_error, self.wall()
         loc.failed_digest = loc.retry_digest = loc.retry_at = None
         self._set_error(loc, None)
         if old is not None:
@@ -513,9 +517,9 @@ class Supervisor:
         if gen.server is not None:
             self._retire(gen, immediately=True)
         if transient:
-            loc.attempts += 1
-            delay = loc.backoff(base=5.0, cap=300.0)
-            loc.retry_digest, loc.retry_at = gen.digest, self.clock() + delay
+            retry = lifecycle.after_transient_failure(loc.attempts, now=self.clock())
+            loc.attempts, delay = retry.attempts, retry.delay
+            loc.retry_digest, loc.retry_at = gen.digest, retry.at
             log.error("%s: %s; retrying in %.0fs", loc.name, summarize(info), delay)
             info = error_info(f"{info.message.rstrip()}\n(retrying in {delay:.0f}s)")
             self._set_error(loc, info)
@@ -575,11 +579,11 @@ class Supervisor:
                 continue
             if loc.retry_at is not None or gen.alive():
                 continue
-            healthy_for = now - gen.started
-            loc.attempts = 1 if healthy_for > 60 else loc.attempts + 1
-            delay = loc.backoff(base=1.0, cap=60.0)
-            loc.retry_digest, loc.retry_at = gen.digest, now + delay
-            pid = getattr(gen.server, "pid", 0)
+            spawned = gen.spawned if gen.spawned is not None else gen.prepared
+            retry = lifecycle.after_crash(loc.attempts, spawned=spawned, now=now)
+            loc.attempts, delay = retry.attempts, retry.delay
+            loc.retry_digest, loc.retry_at = gen.digest, retry.at
+            pid = gen.server.pid
             how = (
                 gen.server.exit_reason()
                 if isinstance(gen.server, servers.CodeServer)
@@ -618,7 +622,7 @@ class Supervisor:
             loc.error_server = None
         loc.error = info
         if info is not None:
-            loc.last_error, loc.last_error_at = info, time.time()
+            loc.last_error, loc.last_error_at = info, self.wall()
         if info is not None and loc.error_server is None:
             try:
                 retry = _Retry(loc.name)
@@ -732,7 +736,7 @@ class Supervisor:
             if loc.error_server is not None:
                 live.append(loc.error_server)
         log.info("stopping %d server(s)", len(live))
-        grace = self.settings.shutdown_grace
+        grace = SHUTDOWN_GRACE
         with ExitStack() as stack:
             terminate = None
             if any(isinstance(s, servers.CodeServer) for s in live):

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 SERVER_ID = "server_id"
 
 
+def local_address(bind_host: str) -> str:
+    """Where this machine reaches a server bound to ``bind_host`` (a wildcard: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind_host, bind_host)
+
+
 @dataclass(frozen=True, order=True)
 class Entry:
     """One ``grpc_server`` location in workspace.yaml."""
@@ -105,7 +110,6 @@ class StaticSource:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.current = Static()
-        self.error: str | None = None
         self._signature: tuple[int, int] | None = None
 
     def poll(self) -> Static:
@@ -117,11 +121,10 @@ class StaticSource:
         if signature != self._signature:
             self._signature = signature
             try:
-                self.current, self.error = load_static(self.path), None
+                self.current = load_static(self.path)
                 log.info("static workspace: %d location(s) from %s", len(self.current.names),
                          self.path)  # fmt: skip
             except ValueError as exc:
-                self.error = str(exc)
                 log.error("%s (keeping the %d location(s) it had)", exc, len(self.current.names))
         return self.current
 

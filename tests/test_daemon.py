@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runner import daemon
 from runner.server import free_port
 from runner.workspace import Entry, render, write_if_changed
 from tests.service import ROOT, wait_for
+
+pytestmark = pytest.mark.slow  # real servers and daemons
 
 
 def test_the_dagster_internals_we_use_are_there() -> None:

@@ -163,3 +163,159 @@ def test_the_kept_resolution_survives_an_empty_cache_and_the_lock_command_gives_
         drop(svc.code_dir / "kept.py.lock", out.stdout)
         own = serving_with(svc, "kept.py", "own", "1.16.0")
         assert own["versions"] == kept["versions"]
+
+
+TEAM_FILE = """\
+# /// script
+# dependencies = ["dagster", "teamlib"]
+# [[tool.uv.index]]
+# name = "{index}"
+# url = "{url}"
+# explicit = true
+# [tool.uv.sources]
+# teamlib = {{ index = "{index}" }}
+# ///
+import dagster as dg
+import teamlib
+
+
+@dg.asset
+def private() -> str:
+    return teamlib.VALUE
+
+
+defs = dg.Definitions(assets=[private])
+"""
+
+DATED_FILE = """\
+# /// script
+# dependencies = ["dagster", "six"]
+# [tool.uv]
+# exclude-newer = "2024-06-01T00:00:00Z"
+# ///
+import dagster as dg
+
+defs = dg.Definitions()
+"""
+
+
+def wheel(name: str, version: str, module: str) -> tuple[str, bytes]:
+    """A pure-Python wheel, made by hand: nothing can be built or published for the test."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": module,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
+
+
+class PrivateIndex:
+    """A PEP 503 index on loopback that answers only with the right Basic credentials."""
+
+    def __init__(self, user: str, password: str) -> None:
+        import base64
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        filename, data = wheel("teamlib", "1.0.0", 'VALUE = "from-the-private-index"\n')
+        sha = hashlib.sha256(data).hexdigest()
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.refused = 0
+        index = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                self.do_GET(head=True)
+
+            def do_GET(self, head: bool = False) -> None:
+                if self.headers.get("Authorization") != expected:
+                    index.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="team"')
+                    self.end_headers()
+                    return
+                if self.path.rstrip("/") == "/simple/teamlib":
+                    body = f'<a href="/files/{filename}#sha256={sha}">{filename}</a>'.encode()
+                    kind = "text/html"
+                elif self.path == f"/files/{filename}":
+                    body, kind = data, "application/octet-stream"
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tool_uv_works_and_index_credentials_from_the_environment_never_show(
+    tmp_path: Path,
+) -> None:
+    secret, wrong = "s3cret-Team-Token-5521", "wr0ng-Token-9817"
+    index = PrivateIndex("team", secret)
+    env = {"UV_INDEX_TEAM_USERNAME": "team", "UV_INDEX_TEAM_PASSWORD": secret,
+           "UV_INDEX_OTHER_USERNAME": "team", "UV_INDEX_OTHER_PASSWORD": wrong}  # fmt: skip
+    share, state = tmp_path / "share", tmp_path / "state"
+    try:
+        with running(share, state, tmp_path / "service.log", env=env) as svc:
+            drop(svc.code_dir / "private.py", TEAM_FILE.format(index="team", url=index.url))
+            drop(svc.code_dir / "refused.py", TEAM_FILE.format(index="other", url=index.url))
+            drop(svc.code_dir / "dated.py", DATED_FILE)
+            svc.wait_loaded("private", timeout=300)
+            run_id = svc.materialize_all("private")
+            assert svc.wait_run(run_id) == "SUCCESS", svc.run_failure_text(run_id)
+            private = row(svc, "private.py")
+            assert private["versions"]["teamlib"] == "1.0.0"
+            error = svc.wait_error("refused", "401", timeout=300)
+            assert index.refused >= 1
+            dated = wait_for("dated.py serving", lambda: (r := row(svc, "dated.py")).get(
+                "state") == "serving" and r, timeout=300)  # fmt: skip
+            assert dated["versions"]["six"] == "1.16.0"  # 1.17.0 came out after exclude-newer
+            shown = json.dumps([row(svc, "refused.py"), private, svc.locations()])
+    finally:
+        index.close()
+    places = {
+        "the UI's error": error,
+        "status": shown,
+        "the log": (tmp_path / "service.log").read_text(errors="replace"),
+        "workspace.yaml": (share / "dagster_home" / "workspace.yaml").read_text(),
+        "the kept resolutions": "".join(
+            p.read_text() for p in (state / "envs" / ".scripts").glob("*.lock")
+        ),
+        "the run env files": "".join(p.read_text() for p in (state / "runs").glob("*.json"))
+        if (state / "runs").exists() else "",
+    }  # fmt: skip
+    for where, text in places.items():
+        assert secret not in text and wrong not in text, f"a credential in {where}"

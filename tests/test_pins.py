@@ -68,3 +68,14 @@ def test_adding_editing_and_removing_a_lock_changes_the_files_version(tmp_path: 
     (tmp_path / "pipe.py.lock").unlink()
     again = scanned()
     assert again.lock is None and again.digest == plain.digest
+
+
+def test_status_says_how_a_file_is_pinned_and_its_versions() -> None:
+    from runner import status
+
+    row = status.FileStatus(file="pipe.py", location="pipe", state="serving", pins="kept",
+                            versions={"dagster": "1.13.27", "six": "1.16.0"})  # fmt: skip
+    snapshot = status.Snapshot({"pid": 1, "host": "h", "files": [status._jsonable(row)]},
+                               running=True, why_not=None)  # fmt: skip
+    text = status.render(snapshot)
+    assert "pipe versions: dagster 1.13.27, six 1.16.0 (from the runner's kept resolution)" in text

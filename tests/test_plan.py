@@ -17,7 +17,7 @@ def spec(name: str, digest: str) -> LocationSpec:
 
 
 class FakeServer:
-    port, server_id = 4000, "fake"
+    port, server_id, pid = 4000, "fake", 4242
 
     def __init__(self, exit_code: int | None = None) -> None:
         self.exit_code = exit_code
@@ -27,7 +27,7 @@ class FakeServer:
 
 
 def serving(s: LocationSpec, server: FakeServer | None = None) -> Location:
-    gen = Generation(spec=s, env=env.spec_for(META), started=0.0, server=server or FakeServer())
+    gen = Generation(spec=s, env=env.spec_for(META), prepared=0.0, server=server or FakeServer())
     return Location(s.name, current=gen)
 
 
@@ -46,7 +46,7 @@ def test_an_edit_prepares_a_new_generation_once() -> None:
     actual = {"a": serving(spec("a", "1"))}
     edited = spec("a", "2")
     assert plan({"a": edited}, actual, now=0) == [Prepare(edited)]
-    actual["a"].next = Generation(spec=edited, env=env.spec_for(META), started=0.0)
+    actual["a"].next = Generation(spec=edited, env=env.spec_for(META), prepared=0.0)
     assert plan({"a": edited}, actual, now=0) == []  # already on its way
 
 
@@ -75,19 +75,10 @@ def test_an_edit_during_a_backoff_is_tried_at_once() -> None:
     assert plan({"a": spec("a", "2")}, {"a": loc}, now=0) == [Prepare(spec("a", "2"))]
 
 
-def test_backoff_doubles_up_to_a_cap() -> None:
-    loc = Location("a")
-    delays = []
-    for attempts in range(1, 9):
-        loc.attempts = attempts
-        delays.append(loc.backoff(base=1.0, cap=60.0))
-    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
-
-
 def test_a_reverted_edit_abandons_the_next_generation() -> None:
     s = spec("a", "1")
     actual = {"a": serving(s)}
-    actual["a"].next = Generation(spec=spec("a", "2"), env=env.spec_for(META), started=0.0)
+    actual["a"].next = Generation(spec=spec("a", "2"), env=env.spec_for(META), prepared=0.0)
     assert plan({"a": s}, actual, now=0) == [Abandon("a")]
 
 

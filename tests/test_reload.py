@@ -21,6 +21,8 @@ from runner import server as servers
 from runner.workspace import Entry, render, write_if_changed
 from tests.service import asset_file
 
+pytestmark = pytest.mark.slow  # real servers and daemons
+
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:

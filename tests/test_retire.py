@@ -9,7 +9,7 @@ from runner.retire import OVERDUE_AFTER, Retirements, Stopped
 
 
 class FakeServer:
-    port, server_id = 4000, "fake"
+    port, server_id, pid = 4000, "fake", 4242
 
     def __init__(self) -> None:
         self.stopped = threading.Event()

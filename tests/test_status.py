@@ -144,7 +144,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
 
     def gen(server: Up | None = None, *, ready: bool = False) -> Generation:
         spec = LocationSpec("a", "a.py", Path("/share/a.py"), "1", meta)
-        return Generation(spec=spec, env=env.spec_for(meta), started=0, server=server,
+        return Generation(spec=spec, env=env.spec_for(meta), prepared=0, server=server,
                           ready=ready)  # fmt: skip
 
     def state(loc: Location, **options: Any) -> tuple[str, str | None]:

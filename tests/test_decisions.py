@@ -1,0 +1,42 @@
+"""The lifecycle decisions after ``plan()``, as scripted histories: pure, milliseconds."""
+
+from __future__ import annotations
+
+from runner import lifecycle
+
+
+def test_backoff_doubles_up_to_a_cap() -> None:
+    delays = [lifecycle.backoff(n, base=1.0, cap=60.0) for n in range(1, 9)]
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_server_that_keeps_crashing_soon_after_its_start_backs_off() -> None:
+    attempts, now, delays = 0, 0.0, []
+    for _ in range(5):  # each restart dies 3 s after its spawn
+        spawned = now
+        now += 3.0
+        retry = lifecycle.after_crash(attempts, spawned=spawned, now=now)
+        attempts, now = retry.attempts, retry.at
+        delays.append(retry.delay)
+    assert delays == [1, 2, 4, 8, 16]
+
+
+def test_a_crash_soon_after_spawn_following_a_long_build_does_not_reset_the_backoff() -> None:
+    # Prepared at 0, a 120 s build, spawned at 120, dead at 125: 5 s of uptime, not 125.
+    retry = lifecycle.after_crash(3, spawned=120.0, now=125.0)
+    assert retry.attempts == 4 and retry.delay == 8.0 and retry.at == 133.0
+
+
+def test_a_crash_after_a_healthy_while_starts_the_backoff_over() -> None:
+    retry = lifecycle.after_crash(6, spawned=0.0, now=lifecycle.HEALTHY_AFTER + 1)
+    assert retry.attempts == 1 and retry.delay == 1.0
+
+
+def test_a_transient_build_error_is_retried_with_growing_delays_up_to_five_minutes() -> None:
+    attempts, now, delays = 0, 0.0, []
+    for _ in range(8):
+        retry = lifecycle.after_transient_failure(attempts, now=now)
+        assert retry.at == now + retry.delay
+        attempts, now = retry.attempts, retry.at
+        delays.append(retry.delay)
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
