@@ -139,11 +139,13 @@ class Supervisor:
         wall: Callable[[], float] = time.time,
         store: envs.EnvStore | None = None,
         lease: Lease | None = None,
+        start_server: Callable[..., servers.CodeServer] = servers.start,
     ) -> None:
         self.settings = settings
         self.lease = lease  # held while it runs: one runner per share (see ``lease``)
         self.clock = clock  # for every decision about time
         self.wall = wall  # for times people read (status)
+        self._start_server = start_server  # the one place a code server process starts
         self.store = store or envs.EnvStore(settings.state_dir / "envs")
         roots = [(settings.code_dir, settings.code_dir.name)]
         if settings.settings_dir is not None:
@@ -415,7 +417,7 @@ class Supervisor:
                 container_runs.write_run_env(env_file, server_env, workdir)
                 run_args = runs.server_args(loc.name, gen.spec.metadata.run_limits)
                 entry_point = container_runs.entry_point(env.python, env_file)
-            server = servers.start(
+            server = self._start_server(
                 location=loc.name,
                 python=env.python,
                 file=file,
