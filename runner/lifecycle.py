@@ -1,13 +1,15 @@
 """What happens to a location after ``plan()``: pure decisions, no I/O and no clock reads
 (``now`` and durations are passed in). The supervisor carries them out.
 
-So far: when to try again, and after how long, once a version failed for a reason outside
-the file (a host down, a server that crashed).
+When to try again, and after how long, once a version failed for a reason outside the file
+(a host down, a server that crashed); what a server's answer means; when a ready version is
+served; when failed versions are looked at again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 #: A crashed server is restarted after 1, 2, 4 ... s, at most a minute apart.
 CRASH_BACKOFF = (1.0, 60.0)
@@ -46,3 +48,47 @@ def after_transient_failure(attempts: int, *, now: float) -> Retry:
     attempts += 1
     delay = backoff(attempts, base=TRANSIENT_BACKOFF[0], cap=TRANSIENT_BACKOFF[1])
     return Retry(attempts, delay, now + delay)
+
+
+# --- a new generation's server answered, or did not ------------------------------------
+
+Answer = Literal["start-failed", "failed-beside-last-good", "ready"]
+
+
+def on_answer(
+    *, start_error: bool, load_error: bool, serves_well: bool, keep_last_good: bool
+) -> Answer:
+    """What a new version's server answering means for its location.
+
+    A server that did not start fails the version. One that loaded the file with Dagster's
+    load error is served in its place, unless the last good version serves and is to be kept:
+    then the error is shown beside it.
+    """
+    if start_error:
+        return "start-failed"
+    if load_error and serves_well and keep_last_good:
+        return "failed-beside-last-good"
+    return "ready"
+
+
+Promotion = Literal["last-good", "file", "wait"]
+
+
+def promotion(*, ready: bool, last_good: bool, generation: str, stable: str | None) -> Promotion:
+    """Whether a ready generation becomes what the workspace points at.
+
+    The file's own version is served only once the file is stable at that very version (a
+    save in progress or an edit since keeps the current one); the last good version again
+    (its server died while the file is broken) is served at once, as the share holds none.
+    """
+    if not ready:
+        return "wait"
+    if last_good:
+        return "last-good"
+    return "file" if stable == generation else "wait"
+
+
+def look_again(failed: dict[str, bool]) -> set[str]:
+    """Locations whose failed version is planned again once the static workspace's names
+    changed (a name collision may be gone, or new). ``failed``: name -> failed and shown."""
+    return {name for name, shown in failed.items() if shown}

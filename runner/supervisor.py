@@ -455,27 +455,38 @@ class Supervisor:
         gen = msg.gen
         if loc is None or loc.next is not gen:
             return  # superseded or removed meanwhile; its server is already retiring
+        answer = lifecycle.on_answer(
+            start_error=msg.error is not None, load_error=msg.load_error is not None,
+            serves_well=self._serves_well(loc), keep_last_good=self.settings.keep_last_good,
+        )  # fmt: skip
         if msg.error is not None:
             metrics.FAILURES.labels(stage="start").inc()
-            self._fail(loc, gen, msg.error)
-            return
-        metrics.SERVER_START_SECONDS.observe(msg.seconds)
-        if msg.load_error is not None:
-            metrics.FAILURES.labels(stage="load").inc()
-        if msg.load_error is not None and self._serves_well(loc) and self.settings.keep_last_good:
-            # Dagster's own error for the new version; the last good one keeps serving.
-            self._fail(loc, gen, msg.load_error)
-            return
-        gen.ready, gen.load_error, gen.ignored = True, msg.load_error, msg.ignored
-        self._promote(loc)
+        else:
+            metrics.SERVER_START_SECONDS.observe(msg.seconds)
+            if msg.load_error is not None:
+                metrics.FAILURES.labels(stage="load").inc()
+        if answer == "start-failed":
+            self._fail(loc, gen, msg.error or "the code server did not start")
+        elif answer == "failed-beside-last-good":
+            assert msg.load_error is not None
+            self._fail(loc, gen, msg.load_error)  # Dagster's own error, shown beside
+        else:
+            gen.ready, gen.load_error, gen.ignored = True, msg.load_error, msg.ignored
+            self._promote(loc)
 
     def _promote(self, loc: Location) -> None:
         """Serve a ready generation once its file is stable, and retire the one it replaces."""
         gen = loc.next
         stable = self._desired.get(loc.name)
-        if gen is None or not gen.ready:
+        if gen is None:
             return
-        if gen.last_good:  # the file's own version stays failed, and shown beside it
+        promote = lifecycle.promotion(ready=gen.ready, last_good=gen.last_good,
+                                      generation=gen.digest,
+                                      stable=stable.digest if stable else None)  # fmt: skip
+        if promote == "wait":
+            return
+        assert gen.server is not None
+        if promote == "last-good":  # the file's own version stays failed, and shown beside it
             old, loc.current, loc.next = loc.current, gen, None
             loc.retry_digest = loc.retry_at = None
             log.info("serving %s on port %d (pid %d), the last good version again",
@@ -483,9 +494,6 @@ class Supervisor:
             if old is not None:
                 self._retire(old)
             return
-        if stable is None or stable.digest != gen.digest:
-            return
-        assert gen.server is not None
         if gen.load_error is not None:
             log.error("%s: the file failed to load (shown in the UI): %s", loc.name,
                       summarize(gen.load_error))  # fmt: skip
@@ -605,9 +613,10 @@ class Supervisor:
         """Names the static workspace uses; when they change, collisions are looked at anew."""
         names = self.static.poll().names
         if names != self._static_names:
-            for loc in self.locations.values():
-                if loc.failed_digest is not None and loc.error is not None:
-                    loc.failed_digest = None  # plan again: a collision may be gone or new
+            failed = {n: loc.failed_digest is not None and loc.error is not None
+                      for n, loc in self.locations.items()}  # fmt: skip
+            for name in lifecycle.look_again(failed):
+                self.locations[name].failed_digest = None
             self._static_names = names
         return names
 

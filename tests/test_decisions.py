@@ -40,3 +40,30 @@ def test_a_transient_build_error_is_retried_with_growing_delays_up_to_five_minut
         attempts, now = retry.attempts, retry.at
         delays.append(retry.delay)
     assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_a_load_error_while_the_last_good_serves_is_shown_beside_it() -> None:
+    def answer(**kw: bool) -> str:
+        facts = {"start_error": False, "load_error": False, "serves_well": True,
+                 "keep_last_good": True, **kw}  # fmt: skip
+        return lifecycle.on_answer(**facts)
+
+    assert answer() == "ready"
+    assert answer(load_error=True) == "failed-beside-last-good"
+    assert answer(load_error=True, serves_well=False) == "ready"  # the error is served
+    assert answer(load_error=True, keep_last_good=False) == "ready"  # show-error mode
+    assert answer(start_error=True) == "start-failed"
+
+
+def test_a_ready_version_is_served_only_once_its_file_is_stable_at_it() -> None:
+    ready = {"ready": True, "last_good": False, "generation": "v2"}
+    assert lifecycle.promotion(**ready, stable="v2") == "file"
+    assert lifecycle.promotion(**ready, stable="v3") == "wait"  # edited again since
+    assert lifecycle.promotion(**ready, stable=None) == "wait"  # still being written
+    assert lifecycle.promotion(**{**ready, "ready": False}, stable="v2") == "wait"
+    # The last good version again: served at once, whatever the share holds now.
+    assert lifecycle.promotion(**{**ready, "last_good": True}, stable="v9") == "last-good"
+
+
+def test_a_static_name_change_looks_again_at_failed_versions_only() -> None:
+    assert lifecycle.look_again({"a": True, "b": False}) == {"a"}
