@@ -22,19 +22,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
 
-from . import container_runs, lifecycle, location_env, metrics, script, status
+from . import (
+    container_runs,
+    entries,
+    last_good,
+    lifecycle,
+    location_env,
+    metrics,
+    script,
+    shutdown,
+    status,
+)
 from . import env as envs
 from . import server as servers
 from .builds import Builds, EnvDone
 from .container_runs import ContainerRuns
 from .errors import ErrorServer, error_info, summarize
-from .instance import open_instance
 from .lease import Lease
 from .location_env import SettingsFiles
 from .plan import Abandon, Action, Generation, Location, Prepare, Reject, Remove, Served, plan
@@ -47,12 +55,6 @@ from .workspace import STATIC_NAME, Entry, Static, StaticSource
 
 log = logging.getLogger(__name__)
 
-#: Suffix of the extra entry that shows a failed new version while the last good one serves.
-#: "~" never occurs in a location name, so it cannot collide with a file's location.
-FAILED_SUFFIX = "~new-version-failed"
-#: Suffix of the entry that explains why a file whose name the static workspace uses is
-#: not served.
-COLLISION_SUFFIX = "~name-collision"
 #: Full rescans use at most this share of one core; on a large share they come less often.
 SCAN_CPU_SHARE = 0.01
 #: Seconds a starting server holds its start slot at most.
@@ -302,7 +304,7 @@ class Supervisor:
         """Try a location's file again now: after a failure, build it afresh (the index is
         asked again); while it serves, start a new server and swap, as ``dagster
         code-server start`` restarts its child."""
-        name = entry_name.removesuffix(FAILED_SUFFIX).removesuffix(COLLISION_SUFFIX)
+        name = entries.location_name(entry_name)
         loc, want = self.locations.get(name), self._desired.get(name)
         if loc is None or want is None:
             return
@@ -406,7 +408,7 @@ class Supervisor:
     def _spawn(self, loc: Location, gen: Generation, env: envs.Env) -> None:
         file, folder = gen.spec.path, None
         if gen.last_good:  # the share holds a broken version now: serve the copy
-            file, folder = self._copy_of(gen), gen.spec.path.parent
+            file, folder = last_good.copy_path(self.settings.state_dir, gen), gen.spec.path.parent
             log.info("%s: restarting the last good version from its copy %s", loc.name, file)
         server_env = {**self._inherited, **gen.spec.settings.values}
         workdir = self.settings.state_dir / "work" / loc.name
@@ -505,7 +507,7 @@ class Supervisor:
         loc.current, loc.next = gen, None
         if gen.load_error is None:
             loc.last_loaded = self.wall()
-            self._keep_copy(gen)
+            last_good.keep(self.settings.state_dir, gen)
         else:
             loc.last_error, loc.last_error_at = gen.load_error, self.wall()
         loc.failed_digest = loc.retry_digest = loc.retry_at = None
@@ -553,23 +555,6 @@ class Supervisor:
 
     def _serves_well(self, loc: Location) -> bool:
         return loc.current is not None and loc.current.alive() and loc.current.load_error is None
-
-    def _copy_of(self, gen: Generation) -> Path:
-        return self.settings.state_dir / "last-good" / gen.spec.name / gen.spec.path.name
-
-    def _keep_copy(self, gen: Generation) -> None:
-        """Keep the bytes of a version that loaded, to serve it again if its server dies
-        after the file changed to a broken version."""
-        path = self._copy_of(gen)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists() or path.read_bytes() != gen.spec.source:
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_bytes(gen.spec.source)
-                tmp.replace(path)
-        except OSError as exc:
-            log.warning("%s: cannot keep a copy of the version it serves: %s", gen.spec.name,
-                        exc)  # fmt: skip
 
     def _abandon_next(self, loc: Location) -> None:
         if loc.next is not None and loc.next.server is not None:
@@ -643,26 +628,11 @@ class Supervisor:
                 log.error("%s: cannot show its error in the UI: %s", loc.name, exc)
 
     def entries(self) -> list[Entry]:
-        host, out = self.settings.advertise_host or self.settings.host, []
-        for loc in self.locations.values():
-            current = loc.current
-            if current is not None and current.server is not None and current.alive():
-                broken, file = current.load_error is not None, current.spec.relpath
-                warning = status.ignored_warning(current.ignored) if current.ignored else ""
-                resolved = self.store.resolution(current.env.key)
-                out.append(Entry(loc.name, host, current.server.port, broken, file,
-                                 current.server.server_id, warning,
-                                 resolved.describe() if resolved else ""))  # fmt: skip
-                if loc.error_server is not None:
-                    out.append(Entry(loc.name + FAILED_SUFFIX, host, loc.error_server.port, True,
-                                     file, loc.error_server.server_id))  # fmt: skip
-            elif loc.error_server is not None:
-                name = loc.name
-                if name in self._static_names:
-                    name += COLLISION_SUFFIX
-                out.append(Entry(name, host, loc.error_server.port, True, self._file_of(loc),
-                                 loc.error_server.server_id))  # fmt: skip
-        return sorted(out)
+        return entries.entries(
+            self.locations.values(), host=self.settings.advertise_host or self.settings.host,
+            static_names=self._static_names, file_of=self._file_of,
+            resolution=self.store.resolution,
+        )  # fmt: skip
 
     def _file_of(self, loc: Location) -> str:
         gen, desired = loc.next or loc.current, self._desired.get(loc.name)
@@ -746,34 +716,10 @@ class Supervisor:
             live += [g.server for g in (loc.current, loc.next) if g is not None and g.server]
             if loc.error_server is not None:
                 live.append(loc.error_server)
-        log.info("stopping %d server(s)", len(live))
-        grace = SHUTDOWN_GRACE
-        with ExitStack() as stack:
-            terminate = None
-            if any(isinstance(s, servers.CodeServer) for s in live):
-                try:
-                    home = self.settings.instance_home or self.settings.workspace_path.parent
-                    terminate = stack.enter_context(open_instance(home)).run_launcher.terminate
-                except Exception as exc:  # stop the servers all the same
-                    log.warning("cannot open the instance to terminate runs: %s", exc)
-            threads = [
-                threading.Thread(target=_stop_now, args=(s, grace, terminate), daemon=True)
-                for s in live
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=grace + 10)
+        home = self.settings.instance_home or self.settings.workspace_path.parent
+        shutdown.stop_all(live, grace=SHUTDOWN_GRACE, instance_home=home)
         self.builds.shutdown()
         self.retirements.shutdown()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
         if not self._lease_lost:
             self.board.update(last_known, stopped=True)
-
-
-def _stop_now(server: Served, grace: float, terminate: Callable[[str], object] | None) -> None:
-    """On shutdown: in-flight runs are terminated (recorded as CANCELED), then the server stops."""
-    if isinstance(server, servers.CodeServer):
-        server.stop(grace=grace, terminate=terminate)
-    else:
-        server.stop(grace=grace)

@@ -264,6 +264,11 @@ class Service(WebClient):
                 pass
         self.proc.wait(timeout=10)
 
+    def assert_nothing_left(self) -> None:
+        """Every process seen under the service is gone (and some were seen)."""
+        assert self._seen, "no process of the service was ever seen: nothing was checked"
+        assert self.leftovers() == []
+
     def leftovers(self) -> list[str]:
         alive = []
         for proc in self.descendants():

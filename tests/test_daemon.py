@@ -30,9 +30,18 @@ def test_the_dagster_internals_we_use_are_there() -> None:
     assert "self._workspace_process_context = workspace_process_context" in init
     for method in ("check_daemon_threads", "check_daemon_heartbeats"):
         assert callable(getattr(controller.DagsterDaemonController, method))
+    init = inspect.getsource(controller.DagsterDaemonController.__init__)
+    assert "self._workspace_process_context" in init  # what runner/daemon.py reloads
     from dagster._core.workspace.context import WorkspaceProcessContext
 
-    assert callable(WorkspaceProcessContext.refresh_workspace)
+    # What runner/reload.py's refresh_changed uses of it, on the daemon's context.
+    for method in ("_load_location", "_start_watch_thread"):
+        assert callable(getattr(WorkspaceProcessContext, method))
+    context_init = inspect.getsource(WorkspaceProcessContext.__init__)
+    for attribute in ("_current_workspace", "_lock", "_watch_threads",
+                      "_watch_thread_shutdown_events"):  # fmt: skip
+        assert f"self.{attribute}" in context_init, attribute
+    assert "_origins" in inspect.getsource(WorkspaceProcessContext)
 
 
 def test_daemon_follows_workspace_changes_and_acknowledges_them(tmp_path: Path) -> None:

@@ -136,9 +136,14 @@ def test_a_slow_chunked_write_loads_once_without_errors(service: Service) -> Non
 
 def test_touch_does_not_reload(service: Service) -> None:
     pids = service.server_pids("swap")
+    starts = service.log_text().count("starting swap on port")
     (service.code_dir / "swap.py").touch()
-    time.sleep(4)  # a scan + the stability window, twice over
+    # A file dropped after the touch has loaded: the touch has been scanned and its
+    # stability window is over, so a reload it caused would have started by now.
+    drop(service.code_dir / "after_touch.py", script(assets("after_touch")))
+    service.wait_loaded("after_touch")
     assert service.server_pids("swap") == pids
+    assert service.log_text().count("starting swap on port") == starts
 
 
 def test_rename_moves_the_location(service: Service) -> None:

@@ -66,7 +66,7 @@ def test_show_error_mode_polling_mode_and_another_server_address(
         service.wait_error("good", "SyntaxError")
         assert "good~new-version-failed" not in service.locations()
         wait_for("the last good server to retire", lambda: not alive(pid), timeout=60)
-    assert service.leftovers() == []
+    service.assert_nothing_left()
 
 
 def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
@@ -87,7 +87,7 @@ def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
                  lambda: not any(alive(pid) for pid in servers), timeout=30)  # fmt: skip
         first.proc.wait(timeout=30)  # the entrypoint stops the other roles and exits
         assert first.proc.returncode == 1
-        assert first.leftovers() == []
+        first.assert_nothing_left()
 
     with running(share, state_dir, tmp_path / "second.log") as second:
         started = time.monotonic()
@@ -96,7 +96,7 @@ def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
         print(f"restart: 3 locations LOADED {time.monotonic() - started:.1f}s after the start")
         assert "building env" not in second.log_text()  # environments were reused
         assert not set(servers) & set(second.server_pids("one"))  # no stale server
-    assert second.leftovers() == []
+    second.assert_nothing_left()
 
 
 def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Path) -> None:
@@ -121,7 +121,7 @@ def test_runs_in_flight_when_the_service_stops_are_recorded_as_canceled(
         wait_for("the run to start", lambda: first.run_status(run_id) == "STARTED", timeout=120)
         took = first.stop(signal.SIGTERM)
         assert took < 15, f"stopping took {took:.1f}s"
-        assert first.leftovers() == []
+        first.assert_nothing_left()
 
     with running(share, state_dir, tmp_path / "second.log") as second:
         wait_for("the webserver", lambda: second.locations() is not None, timeout=120)
