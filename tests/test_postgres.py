@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
+import uv
 
 from runner import paths
 from tests.needs import missing
@@ -61,6 +63,22 @@ def test_runs_are_stored_in_postgres(database_url: str, tmp_path: Path, state_di
         assert "adding dagster-postgres" in service.log_text()  # to the file's environment
         run_id = service.materialize_all("stored")
         assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)
+
+        # A file with its own lock (no dagster-postgres in it): the storage package is
+        # installed beside the locked versions, and its runs reach the database too.
+        locked = asset_file(["locked"])
+        checkout = tmp_path / "checkout"
+        checkout.mkdir()
+        (checkout / "locked.py").write_text(locked)
+        subprocess.run([uv.find_uv_bin(), "lock", "--script", "locked.py", "--quiet"],
+                       cwd=checkout, check=True)  # fmt: skip
+        lock = (checkout / "locked.py.lock").read_text()
+        assert "dagster-postgres" not in lock
+        drop(service.code_dir / "locked.py.lock", lock)
+        drop(service.code_dir / "locked.py", locked)
+        service.wait_loaded("locked")
+        locked_run = service.materialize_all("locked")
+        assert service.wait_run(locked_run) == "SUCCESS", service.run_failure_text(locked_run)
 
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_id = %s", (run_id,))
