@@ -245,13 +245,21 @@ class EnvStore:
             self._uv(sync, env, cwd=meta_script.parent, on_line=report)
         locked = locked_versions(lock.read_text())
         if spec.lock is not None and spec.added:
-            # What serving needs and the lock lacks, held to the lock's versions.
-            progress(f"adding {', '.join(spec.added)}")
+            # What serving needs and the lock lacks, held to the lock's versions; Dagster's
+            # own libraries at the release that goes with the locked dagster.
+            added = [lockstep(r, locked.get("dagster")) for r in spec.added]
+            progress(f"adding {', '.join(added)}")
             constraints = staging / "runner-constraints.txt"
             constraints.write_text("".join(f"{n}=={v}\n" for n, v in locked.items()))
-            self._uv(["pip", "install", "--python", str(staging / "bin" / "python"),
-                      "--constraints", str(constraints), "--no-progress", *fresh, *spec.added],
-                     env, cwd=meta_script.parent)  # fmt: skip
+            try:
+                self._uv(["pip", "install", "--python", str(staging / "bin" / "python"),
+                          "--constraints", str(constraints), "--no-progress", *fresh, *added],
+                         env, cwd=meta_script.parent)  # fmt: skip
+            except BuildError as exc:
+                if "there is no version of" not in str(exc):
+                    raise
+                raise BuildError(no_companion(added, locked.get("dagster")),
+                                 transient=False) from None  # fmt: skip
             constraints.unlink()
         versions = {n: locked[n] for n in map(_normalize, spec.direct) if n in locked}
         (staging / RESOLUTION_FILE).write_text(json.dumps({"pins": pins, "versions": versions}))
@@ -376,6 +384,25 @@ class StaleLock(BuildError):
             f"refused to install from it: run `uv lock --script {name}` where the file is "
             "(or remove the lock); the last good version keeps serving"
         )
+
+
+def lockstep(requirement: str, dagster_version: str | None) -> str:
+    """``dagster-postgres`` beside dagster 1.13.27 is ``dagster-postgres==0.29.27``: Dagster
+    releases its libraries with dagster itself, as 0.(minor + 16).patch. Anything else (or a
+    requirement that already says a version) is left as it is."""
+    match = re.fullmatch(r"1\.(\d+)\.(\d+)", dagster_version or "")
+    if not match or not re.fullmatch(r"dagster-[a-z0-9-]+", requirement):
+        return requirement
+    return f"{requirement}==0.{int(match.group(1)) + 16}.{match.group(2)}"
+
+
+def no_companion(added: list[str], dagster_version: str | None) -> str:
+    return (
+        f"the file's lock pins dagster {dagster_version}, and the service needs "
+        f"{', '.join(added)} beside it, which has no such release: lock a dagster that has "
+        f"one (e.g. `uv lock --script FILE.py --upgrade-package dagster=={DAGSTER_VERSION}`, "
+        "the runner's own), or add the package to the file's dependencies and lock again"
+    )
 
 
 def locked_versions(lock_text: str) -> dict[str, str]:

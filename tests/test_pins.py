@@ -79,3 +79,12 @@ def test_status_says_how_a_file_is_pinned_and_its_versions() -> None:
                                running=True, why_not=None)  # fmt: skip
     text = status.render(snapshot)
     assert "pipe versions: dagster 1.13.27, six 1.16.0 (from the runner's kept resolution)" in text
+
+
+def test_dagsters_libraries_beside_a_lock_are_the_release_of_its_dagster() -> None:
+    assert env.lockstep("dagster-postgres", "1.13.27") == "dagster-postgres==0.29.27"
+    assert env.lockstep("dagster-docker", "1.9.0") == "dagster-docker==0.25.0"
+    assert env.lockstep("dagster-postgres", None) == "dagster-postgres"
+    assert env.lockstep("dagster-postgres", "1.13.0rc1") == "dagster-postgres"
+    assert env.lockstep("dagster==1.13.27", "1.13.27") == "dagster==1.13.27"
+    assert env.lockstep("psycopg2-binary", "1.13.27") == "psycopg2-binary"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,7 +71,10 @@ def test_runs_are_stored_in_postgres(database_url: str, tmp_path: Path, state_di
         checkout = tmp_path / "checkout"
         checkout.mkdir()
         (checkout / "locked.py").write_text(locked)
-        subprocess.run([uv.find_uv_bin(), "lock", "--script", "locked.py", "--quiet"],
+        # dagster as the runner's own: Dagster's libraries are not always released with
+        # every dagster patch release, and dagster-postgres must match it exactly.
+        subprocess.run([uv.find_uv_bin(), "lock", "--script", "locked.py", "--quiet",
+                        "--upgrade-package", f"dagster=={version('dagster')}"],
                        cwd=checkout, check=True)  # fmt: skip
         lock = (checkout / "locked.py.lock").read_text()
         assert "dagster-postgres" not in lock
