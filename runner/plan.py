@@ -92,6 +92,8 @@ class Abandon:
 @dataclass(frozen=True)
 class Reject:
     error: SpecError
+    #: The static workspace uses the name: nothing of the file's may serve under it.
+    collision: bool = False
 
 
 Action = Prepare | Remove | Abandon | Reject
@@ -127,7 +129,7 @@ def plan(
                 actions.append(Prepare(loc.current.spec, last_good=True))
             continue  # failed already: wait for the file to change
         if name in reserved:
-            actions.append(Reject(collision(want)))
+            actions.append(Reject(collision(want), collision=True))
             continue
         if isinstance(want, SpecError):
             actions.append(Reject(want))

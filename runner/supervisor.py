@@ -338,6 +338,10 @@ class Supervisor:
             log.error("%s: %s: %s", spec_error.name, script.escaped(spec_error.relpath),
                       spec_error.message)  # fmt: skip
             metrics.FAILURES.labels(stage="spec").inc()
+            if action.collision and loc.current is not None:
+                # The name is the static workspace's now: no last good version under it.
+                self._retire(loc.current)
+                loc.current = None
             shown = script.escaped(spec_error.relpath)
             self._record_failure(
                 loc, spec_error.digest, error_info(f"{shown}: {spec_error.message}")

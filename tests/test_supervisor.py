@@ -44,8 +44,11 @@ class FakeServer:
         self.sidecar = FakeSidecar()
         self.exit_code: int | None = None
         self.started = 0.0
+        self.answer = threading.Event()
+        self.answer.set()
 
     def wait_ready(self, *, timeout: float) -> None:
+        self.answer.wait(timeout)  # answers when the test says so (at once by default)
         return None  # loaded, no load error
 
     def exited(self) -> int | None:
@@ -83,6 +86,7 @@ class Harness:
         self.workspace = root / "share" / "dagster_home" / "workspace.yaml"
         self.clock = Clock()
         self.servers: list[FakeServer] = []
+        self.hold_answers = False  # new servers answer only when the test sets theirs
         settings = Settings(code_dir=self.code, workspace_path=self.workspace,
                             state_dir=root / "state", webserver_url=None)  # fmt: skip
         self.sup = Supervisor(settings, clock=self.clock, store=FakeStore(root / "state" / "envs"),
@@ -91,6 +95,8 @@ class Harness:
 
     def _start(self, *, location: str, **_options: Any) -> FakeServer:
         server = FakeServer(location)
+        if self.hold_answers:
+            server.answer.clear()
         self.servers.append(server)
         return server
 
@@ -191,3 +197,44 @@ def test_an_edit_is_served_by_a_new_server_and_a_deletion_removes_the_location(
     harness.advance(0)
     wait_for("the deletion", lambda: "b" not in harness.ports(), timeout=10)
     assert "b" not in harness.sup.locations
+
+
+def test_a_deletion_while_the_next_version_is_starting_stops_both(harness: Harness) -> None:
+    (harness.code / "c.py").write_text(asset_file(["x"]))
+    first = harness.tick_until("c.py started", lambda: harness.servers and harness.servers[0])
+    wait_for("c.py served", lambda: harness.serving("c", first), timeout=10)
+    harness.hold_answers = True
+    (harness.code / "c.py").write_text(asset_file(["x", "y"]))
+    starting = harness.tick_until("the edit's server", lambda: len(harness.servers) == 2
+                                  and harness.servers[1])  # fmt: skip
+    (harness.code / "c.py").unlink()
+    harness.tick_until("the deletion", lambda: "c" not in harness.ports())
+    wait_for("the starting server stopped", lambda: starting.exit_code == 0, timeout=10)
+    wait_for("the served one stopped", lambda: first.exit_code == 0, timeout=10)
+    starting.answer.set()  # it answers after all: too late, nothing is served
+    harness.advance(1)
+    assert "c" not in harness.ports() and "c" not in harness.sup.locations
+    assert len(harness.servers) == 2
+
+
+def test_a_static_workspace_name_appearing_rejects_the_files_location(harness: Harness) -> None:
+    (harness.code / "d.py").write_text(asset_file(["x"]))
+    first = harness.tick_until("d.py started", lambda: harness.servers and harness.servers[0])
+    wait_for("d.py served", lambda: harness.serving("d", first), timeout=10)
+    static = harness.workspace.parent / "workspace.static.yaml"
+    static.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {"grpc_server": {"host": "localhost", "port": 4999, "location_name": "d"}}
+                ]
+            }
+        )
+    )
+    harness.tick_until("the collision shown", lambda: "d~name-collision" in harness.ports())
+    assert harness.ports()["d"] == 4999  # the static entry keeps its name
+    wait_for("the file's server stopped", lambda: first.exit_code == 0, timeout=10)
+    static.unlink()  # the name is free again: the file is served once more
+    again = harness.tick_until("d.py served again", lambda: len(harness.servers) == 2
+                               and harness.serving("d", harness.servers[1]))  # fmt: skip
+    assert again and "d~name-collision" not in harness.ports()
