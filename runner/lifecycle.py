@@ -50,6 +50,24 @@ def after_transient_failure(attempts: int, *, now: float) -> Retry:
     return Retry(attempts, delay, now + delay)
 
 
+# --- starting servers a few at a time -------------------------------------------------
+
+#: Seconds a starting server holds its start slot at most.
+SLOT_HELD_FOR = 15.0
+
+
+def free_start_slots(spawned: list[float], *, now: float, slots: int) -> int:
+    """How many more servers may start now, given when those still starting were spawned.
+
+    Servers starting together share the CPU (importing Dagster alone takes about 1.5 s of
+    it): fifty started at once all answer after a minute, a few at a time make the first ones
+    visible within seconds and the last ones no later. A server that takes long to start (an
+    import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
+    """
+    holding = sum(1 for at in spawned if now - at < SLOT_HELD_FOR)
+    return max(0, slots - holding)
+
+
 # --- a new generation's server answered, or did not ------------------------------------
 
 Answer = Literal["start-failed", "failed-beside-last-good", "ready"]

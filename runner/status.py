@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 
 from .env import Resolution
 from .plan import Generation, Location
+from .script import location_name
 from .workspace import write_if_changed
 
 STATUS_NAME = ".runner-status.json"
@@ -112,6 +113,34 @@ def describe(
     )  # fmt: skip
 
 
+def rows(
+    locations: Iterable[Location],
+    *,
+    file_of: Callable[[Location], str],
+    env_path: Callable[[str], Path],
+    resolution: Callable[[str], Resolution | None],
+    waiting_to_start: Callable[[Location], bool],
+    build_progress: Callable[[str], str | None],
+    retiring: Iterable[Generation],
+    ignored: Mapping[str, str],
+    pending: Iterable[str],
+) -> list[FileStatus]:
+    """Every row: the locations held, old servers finishing runs, ignored files, and files
+    waiting to become stable that are not locations yet."""
+    out = [
+        describe(loc, file=file_of(loc), env_path=env_path, resolution=resolution,
+                 waiting_to_start=waiting_to_start(loc),
+                 build_progress=build_progress(loc.next.env.key) if loc.next else None)
+        for loc in locations
+    ]  # fmt: skip
+    names = {row.location for row in out}
+    out += [retiring_row(gen, env_path=env_path) for gen in retiring]
+    out += [ignored_row(relpath, why) for relpath, why in ignored.items()]
+    out += [FileStatus(file=relpath, location=name, state="waiting-for-stable")
+            for relpath in pending if (name := location_name(relpath)) not in names]  # fmt: skip
+    return out
+
+
 def ignored_warning(ignored: tuple[str, ...]) -> str:
     """What to say about definitions Dagster dropped from a file without ``Definitions``."""
     return (
@@ -120,12 +149,12 @@ def ignored_warning(ignored: tuple[str, ...]) -> str:
     )
 
 
-def ignored(relpath: str, why: str) -> FileStatus:
+def ignored_row(relpath: str, why: str) -> FileStatus:
     """The row of a file an ignore file leaves out."""
     return FileStatus(file=relpath, location="-", state="ignored", ignored_by=why)
 
 
-def retiring(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
+def retiring_row(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
     """The row of an old generation's server, finishing its runs."""
     return FileStatus(
         file=gen.spec.relpath, location=gen.spec.name, state="retiring",

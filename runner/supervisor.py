@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 
 #: Full rescans use at most this share of one core; on a large share they come less often.
 SCAN_CPU_SHARE = 0.01
-#: Seconds a starting server holds its start slot at most.
-SLOT_HELD_FOR = 15.0
 #: Environments built at once (each uv build uses the network and a core).
 PARALLEL_BUILDS = 2
 #: Servers starting at once (see ``_start_queued``).
@@ -387,27 +385,19 @@ class Supervisor:
                 self._fail(loc, gen, f"could not build the environment:\n{why}")
 
     def _start_queued(self) -> None:
-        """Start servers whose environment is ready, a few at a time.
-
-        Servers starting together share the CPU (importing Dagster alone takes about 1.5 s
-        of it): fifty started at once all answer after a minute, a few at a time make the
-        first ones visible within seconds and the last ones no later. A server that takes
-        long to start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
-        """
-        now = self.clock()
-        starting = sum(
-            1
-            for loc in self.locations.values()
-            if (gen := loc.next) is not None and gen.server is not None and not gen.ready
-            and gen.spawned is not None and now - gen.spawned < SLOT_HELD_FOR
-        )  # fmt: skip
-        while self._queued and starting < PARALLEL_STARTS:
+        """Start servers whose environment is ready, a few at a time (see
+        :func:`lifecycle.free_start_slots`)."""
+        spawned = [gen.spawned for loc in self.locations.values()
+                   if (gen := loc.next) is not None and gen.server is not None
+                   and not gen.ready and gen.spawned is not None]  # fmt: skip
+        free = lifecycle.free_start_slots(spawned, now=self.clock(), slots=PARALLEL_STARTS)
+        while self._queued and free > 0:
             name = next(iter(self._queued))
             gen, env = self._queued.pop(name)
             loc = self.locations.get(name)
             if loc is not None and loc.next is gen:  # not superseded or removed meanwhile
                 self._spawn(loc, gen, env)
-                starting += 1
+                free -= 1
 
     def _spawn(self, loc: Location, gen: Generation, env: envs.Env) -> None:
         file, folder = gen.spec.path, None
@@ -669,25 +659,15 @@ class Supervisor:
         )
 
     def _rows(self) -> list[FileStatus]:
-        path = self.store.path
-        rows = [
-            status.describe(
-                loc, file=self._file_of(loc), env_path=path, resolution=self.store.resolution,
-                waiting_to_start=loc.next is not None
-                and self._queued.get(loc.name, (None, None))[0] is loc.next,
-                build_progress=self.builds.progress(loc.next.env.key) if loc.next else None,
-            )
-            for loc in self.locations.values()
-        ]  # fmt: skip
-        for item in self.retirements.items():
-            if item.gen is not None:
-                rows.append(status.retiring(item.gen, env_path=path))
-        rows += [status.ignored(relpath, why) for relpath, why in self.scanner.ignored.items()]
-        for relpath in self._pending:
-            name = script.location_name(relpath)
-            if name not in self.locations:
-                rows.append(FileStatus(file=relpath, location=name, state="waiting-for-stable"))
-        return rows
+        return status.rows(
+            self.locations.values(), file_of=self._file_of, env_path=self.store.path,
+            resolution=self.store.resolution,
+            waiting_to_start=lambda loc: loc.next is not None
+            and self._queued.get(loc.name, (None, None))[0] is loc.next,
+            build_progress=self.builds.progress,
+            retiring=[item.gen for item in self.retirements.items() if item.gen is not None],
+            ignored=self.scanner.ignored, pending=self._pending,
+        )  # fmt: skip
 
     # -- retiring and cleanup ------------------------------------------------------------
 

@@ -67,3 +67,11 @@ def test_a_ready_version_is_served_only_once_its_file_is_stable_at_it() -> None:
 
 def test_a_static_name_change_looks_again_at_failed_versions_only() -> None:
     assert lifecycle.look_again({"a": True, "b": False}) == {"a"}
+
+
+def test_servers_start_a_few_at_a_time_and_a_hanging_one_gives_up_its_slot() -> None:
+    assert lifecycle.free_start_slots([], now=100.0, slots=2) == 2
+    assert lifecycle.free_start_slots([99.0], now=100.0, slots=2) == 1
+    assert lifecycle.free_start_slots([99.0, 98.0, 97.0], now=100.0, slots=2) == 0
+    hung = 100.0 - lifecycle.SLOT_HELD_FOR
+    assert lifecycle.free_start_slots([hung, 99.0], now=100.0, slots=2) == 1

@@ -185,10 +185,10 @@ def read_back(row: FileStatus) -> Any:
 
 
 def test_ignored_files_warnings_and_settings_are_rendered_without_values() -> None:
-    from runner.status import Snapshot, _jsonable, ignored, ignored_warning
+    from runner.status import Snapshot, _jsonable, ignored_row, ignored_warning
 
     rows = [
-        ignored("tools/", ".runnerignore line 2: tools/"),
+        ignored_row("tools/", ".runnerignore line 2: tools/"),
         FileStatus(file="a.py", location="a", state="serving", serving=True,
                    warning=ignored_warning(("job nightly", "sensor s")),
                    settings=("code_location/.env",), variables=("API_TOKEN",)),
