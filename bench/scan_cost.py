@@ -22,8 +22,7 @@ from pathlib import Path
 from common import header, row, script
 
 from runner.location_env import SettingsFiles
-from runner.scan import Scanner
-from runner.supervisor import SCAN_CPU_SHARE
+from runner.scan import SCAN_CPU_SHARE, Scanner
 
 
 def walk_and_stat(root: Path) -> int:

@@ -51,6 +51,20 @@ class Builds:
     def keys(self) -> set[str]:
         return set(self._started)
 
+    def provide(self, spec: EnvSpec, name: str, refresh: bool = False) -> Env | None:
+        """``spec``'s environment if it is built; else build it (once) for location ``name``,
+        and ``done`` hears when it is."""
+        built = self.store.get(spec)
+        if built is not None:
+            return built
+        if spec.key in self:
+            log.info("%s waits for env %s, already building", name, spec.short)
+        else:
+            added = f" (adding {', '.join(spec.added)}: the file does not list it)"
+            log.info("building env %s for %s%s", spec.short, name, added if spec.added else "")
+            self.start(spec, refresh=refresh)
+        return None
+
     def start(self, spec: EnvSpec, *, refresh: bool = False) -> None:
         """Build ``spec`` in a worker; ``done`` hears the outcome."""
         self._started[spec.key] = self.clock()

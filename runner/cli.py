@@ -61,8 +61,9 @@ def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from .config import Settings
     from .lease import LEASE_NAME, Lease
-    from .supervisor import Settings, Supervisor
+    from .supervisor import Supervisor
 
     where = paths.layout(args.share)
     where.dagster_home.mkdir(parents=True, exist_ok=True)

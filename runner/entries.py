@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .env import Resolution
-from .plan import Location
+from .plan import Location, Served
 from .status import ignored_warning
 from .workspace import Entry
 
@@ -23,11 +23,6 @@ FAILED_SUFFIX = "~new-version-failed"
 COLLISION_SUFFIX = "~name-collision"
 
 
-def location_name(entry_name: str) -> str:
-    """The location an entry is for (the UI's Reload names the entry)."""
-    return entry_name.removesuffix(FAILED_SUFFIX).removesuffix(COLLISION_SUFFIX)
-
-
 def entries(
     locations: Iterable[Location],
     *,
@@ -35,10 +30,11 @@ def entries(
     static_names: frozenset[str],
     file_of: Callable[[Location], str],
     resolution: Callable[[str], Resolution | None],
+    error_server: Callable[[str], Served | None],
 ) -> list[Entry]:
     out = []
     for loc in locations:
-        current, shown = loc.current, loc.error_server
+        current, shown = loc.current, error_server(loc.name)
         if current is not None and current.server is not None and current.alive():
             broken, file = current.load_error is not None, current.spec.relpath
             warning = ignored_warning(current.ignored) if current.ignored else ""

@@ -10,7 +10,9 @@ the OS picks, with one worker thread.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,8 @@ from dagster._grpc.__generated__.dagster_api_pb2_grpc import (
 )
 from dagster._serdes import serialize_value
 from dagster._utils.error import SerializableErrorInfo
+
+log = logging.getLogger(__name__)
 
 
 def error_info(message: str) -> SerializableErrorInfo:
@@ -66,27 +70,84 @@ class _Servicer(DagsterApiServicer):
 
 class ErrorServer:
     """Answers ListRepositories with ``error`` for one location, until stopped; the UI's
-    Reload calls ``on_reload`` (from a gRPC thread)."""
+    Reload is remembered until :meth:`reload_requested` and wakes ``on_reload``."""
 
     def __init__(
         self, location: str, error: SerializableErrorInfo, *, host: str,
         on_reload: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.location = location
+        self.error = error
         self.host = host
         self.pid = os.getpid()  # served in the runner's own process
         self.server_id = f"{location}-error-{uuid.uuid4().hex[:12]}"
+        self._reload = threading.Event()
+
+        def reload() -> None:
+            self._reload.set()
+            on_reload()
+
         self._server = grpc.server(ThreadPoolExecutor(max_workers=1, thread_name_prefix="error"))
         add_DagsterApiServicer_to_server(
-            _Servicer(serialize_value(error), self.server_id, on_reload), self._server
+            _Servicer(serialize_value(error), self.server_id, reload), self._server
         )
         self.port = self._server.add_insecure_port(f"{host}:0")
         if not self.port:
             raise OSError(f"cannot bind an error server on {host}")
         self._server.start()
 
+    def reload_requested(self) -> bool:
+        """The UI's Reload asked for the file again (once per request)."""
+        asked = self._reload.is_set()
+        self._reload.clear()
+        return asked
+
     def exited(self) -> int | None:
-        return None
+        return None  # it lives as long as the runner
+
+    def exit_reason(self) -> str:
+        return "is served by the runner"
 
     def stop(self, *, grace: float = 0) -> None:
         self._server.stop(grace=0).wait(timeout=5)
+
+
+class ErrorServers:
+    """An error server for each location that shows an error, kept in step with the errors.
+
+    ``sync`` is level-triggered: a location whose error changed gets a new server (the old
+    one is handed to ``retire``, to stop once no published workspace points at it), one that
+    shows none any more loses its server.
+    """
+
+    def __init__(
+        self, *, host: str, retire: Callable[[ErrorServer], None], on_reload: Callable[[], None]
+    ) -> None:
+        self.host = host
+        self._retire = retire
+        self._on_reload = on_reload
+        self._shown: dict[str, ErrorServer] = {}
+        self._unshown: dict[str, SerializableErrorInfo] = {}  # could not bind: said once
+
+    def get(self, name: str) -> ErrorServer | None:
+        return self._shown.get(name)
+
+    def all(self) -> list[ErrorServer]:
+        return list(self._shown.values())
+
+    def sync(self, errors: dict[str, SerializableErrorInfo | None]) -> None:
+        """Show exactly ``errors`` (location name -> error, or None)."""
+        self._unshown = {n: e for n, e in self._unshown.items() if errors.get(n) is e}
+        for name, server in list(self._shown.items()):
+            if errors.get(name) is not server.error:
+                self._retire(self._shown.pop(name))
+        for name, error in errors.items():
+            if error is None or name in self._shown or self._unshown.get(name) is error:
+                continue
+            try:
+                self._shown[name] = ErrorServer(name, error, host=self.host,
+                                                on_reload=self._on_reload)  # fmt: skip
+                self._unshown.pop(name, None)
+            except OSError as exc:
+                self._unshown[name] = error
+                log.error("%s: cannot show its error in the UI: %s", name, exc)

@@ -7,8 +7,9 @@ decisions here, free of processes and clocks, makes them testable in millisecond
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dagster._utils.error import SerializableErrorInfo
@@ -26,12 +27,20 @@ class Served(Protocol):
 
     def exited(self) -> int | None: ...
 
+    def exit_reason(self) -> str: ...  # how it ended, e.g. "was killed by SIGKILL"
+
+    def reload_requested(self) -> bool: ...  # the UI's Reload on its location, once each
+
     def stop(self, *, grace: float) -> None: ...
 
 
-@dataclass
+_serials = itertools.count(1)
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One attempt at serving one version of a file."""
+    """One attempt at serving one version of a file. Immutable: a change is a new value
+    with the same ``serial``."""
 
     spec: LocationSpec
     env: envs.EnvSpec
@@ -42,6 +51,7 @@ class Generation:
     load_error: SerializableErrorInfo | None = None  # Dagster's own, from the server
     ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
     last_good: bool = False  # the last good version again, while the file's version is broken
+    serial: int = field(default_factory=_serials.__next__)  # which attempt this is
 
     @property
     def digest(self) -> str:
@@ -51,21 +61,21 @@ class Generation:
         return self.server is not None and self.server.exited() is None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Location:
-    """Everything the runner holds for one location name."""
+    """Everything the runner holds for one location name. Immutable: the decisions in
+    :mod:`lifecycle` return the next value."""
 
     name: str
     current: Generation | None = None  # what workspace.yaml points at
     next: Generation | None = None  # being built or started
     error: SerializableErrorInfo | None = None  # shown in the UI while set
-    error_server: Served | None = None
     failed_digest: str | None = None  # this version failed: not retried until the file changes
     retry_digest: str | None = None  # this version is retried (crash, unreachable index)...
     retry_at: float | None = None  # ...at this time
     attempts: int = 0  # consecutive crashes or transient failures, for the backoff
     refresh: bool = False  # the next build asks the indexes again (a retry from the UI)
-    # For ``python -m runner status`` (wall-clock times):
+    # For ``python -m runner status`` (times on the runner's clock):
     last_loaded: float | None = None  # a version last loaded without error
     last_error: SerializableErrorInfo | None = None  # kept after recovery
     last_error_at: float | None = None

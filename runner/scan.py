@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import posixpath
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,3 +335,32 @@ def classify(relpath: str, path: Path, data: bytes) -> Desired | None:
     if problem is not None:
         return SpecError(name, relpath, path, digest, problem)
     return LocationSpec(name, relpath, path, digest, metadata, source=data)
+
+
+#: Full rescans use at most this share of one core; on a large share they come less often.
+SCAN_CPU_SHARE = 0.01
+
+
+class RescanPace:
+    """How often the share is rescanned.
+
+    Rescans are what make the runner correct (events get lost, network shares send none),
+    but on a share of many files each costs real CPU: the period stretches so that rescans
+    use at most ``SCAN_CPU_SHARE`` of one core. The cheapest of the last few rescans sets it:
+    one that read many new files says nothing about the next.
+    """
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.period = every
+        self._costs: deque[float] = deque(maxlen=5)  # CPU seconds of recent rescans
+
+    def measured(self, cpu_seconds: float) -> None:
+        self._costs.append(cpu_seconds)
+        cost = min(self._costs)
+        period = max(self.every, cost / SCAN_CPU_SHARE)
+        stretched = period > self.every * 1.25
+        if stretched != (self.period > self.every * 1.25):
+            log.info("a full rescan costs %.0f ms of CPU: rescanning every %.1fs", cost * 1000,
+                     period)  # fmt: skip
+        self.period = period

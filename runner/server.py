@@ -74,6 +74,10 @@ class CodeServer:
     def exited(self) -> int | None:
         return self.proc.poll()
 
+    def reload_requested(self) -> bool:
+        """The UI's Reload on its location (once per request)."""
+        return self.sidecar.reload_requested()
+
     def wait_ready(self, *, timeout: float) -> SerializableErrorInfo | None:
         """Block until the server answers with our id and has loaded the file.
 

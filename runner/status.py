@@ -74,6 +74,7 @@ def describe(
     build_progress: str | None,
     env_path: Callable[[str], Path],
     resolution: Callable[[str], Resolution | None] = lambda key: None,
+    wall: Callable[[float], float] = lambda t: t,
 ) -> FileStatus:
     """One location's row; its state follows from the generations the runner holds for it."""
     cur, nxt = loc.current, loc.next
@@ -109,7 +110,8 @@ def describe(
         versions=resolved.versions if resolved else None,
         error=error.to_string() if error else None,
         last_error=loc.last_error.to_string() if loc.last_error else None,
-        last_error_at=loc.last_error_at, last_loaded=loc.last_loaded,
+        last_error_at=wall(loc.last_error_at) if loc.last_error_at is not None else None,
+        last_loaded=wall(loc.last_loaded) if loc.last_loaded is not None else None,
     )  # fmt: skip
 
 
@@ -124,11 +126,13 @@ def rows(
     retiring: Iterable[Generation],
     ignored: Mapping[str, str],
     pending: Iterable[str],
+    wall: Callable[[float], float],
 ) -> list[FileStatus]:
     """Every row: the locations held, old servers finishing runs, ignored files, and files
-    waiting to become stable that are not locations yet."""
+    waiting to become stable that are not locations yet. ``wall``: the runner's clock to the
+    wall clock's time, for people."""
     out = [
-        describe(loc, file=file_of(loc), env_path=env_path, resolution=resolution,
+        describe(loc, file=file_of(loc), env_path=env_path, resolution=resolution, wall=wall,
                  waiting_to_start=waiting_to_start(loc),
                  build_progress=build_progress(loc.next.env.key) if loc.next else None)
         for loc in locations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from runner import env
@@ -46,7 +47,9 @@ def test_an_edit_prepares_a_new_generation_once() -> None:
     actual = {"a": serving(spec("a", "1"))}
     edited = spec("a", "2")
     assert plan({"a": edited}, actual, now=0) == [Prepare(edited)]
-    actual["a"].next = Generation(spec=edited, env=env.spec_for(META), prepared=0.0)
+    actual["a"] = replace(
+        actual["a"], next=Generation(spec=edited, env=env.spec_for(META), prepared=0.0)
+    )
     assert plan({"a": edited}, actual, now=0) == []  # already on its way
 
 
@@ -65,7 +68,7 @@ def test_bad_metadata_is_rejected_once() -> None:
 def test_a_crashed_server_is_restarted_only_after_its_backoff() -> None:
     s = spec("a", "1")
     loc = serving(s, FakeServer(exit_code=-9))
-    loc.retry_digest, loc.retry_at = "1", 10.0
+    loc = replace(loc, retry_digest="1", retry_at=10.0)
     assert plan({"a": s}, {"a": loc}, now=5.0) == []
     assert plan({"a": s}, {"a": loc}, now=10.0) == [Prepare(s)]
 
@@ -78,7 +81,8 @@ def test_an_edit_during_a_backoff_is_tried_at_once() -> None:
 def test_a_reverted_edit_abandons_the_next_generation() -> None:
     s = spec("a", "1")
     actual = {"a": serving(s)}
-    actual["a"].next = Generation(spec=spec("a", "2"), env=env.spec_for(META), prepared=0.0)
+    upcoming = Generation(spec=spec("a", "2"), env=env.spec_for(META), prepared=0.0)
+    actual["a"] = replace(actual["a"], next=upcoming)
     assert plan({"a": s}, actual, now=0) == [Abandon("a")]
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
         "retrying", None)  # fmt: skip
 
     # A version that never loaded is not "last good serving".
-    never = gen(Up(), ready=True)
-    never.load_error = error_info("SyntaxError")
+    never = replace(gen(Up(), ready=True), load_error=error_info("SyntaxError"))
     row = describe(Location("a", current=never), file="a.py", waiting_to_start=False,
                    build_progress=None, env_path=lambda key: Path("/envs") / key)  # fmt: skip
     assert (row.state, row.serving, row.pid) == ("failed", False, 42)

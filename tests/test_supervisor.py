@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from runner import env as envs
-from runner.supervisor import Settings, Supervisor
+from runner.config import Settings
+from runner.supervisor import Supervisor
 from tests.service import asset_file, wait_for
 
 _ports = itertools.count(41000)
@@ -53,6 +54,12 @@ class FakeServer:
 
     def exited(self) -> int | None:
         return self.exit_code
+
+    def exit_reason(self) -> str:
+        return f"exited with code {self.exit_code}"
+
+    def reload_requested(self) -> bool:
+        return self.sidecar.reload_requested()
 
     def crash(self) -> None:
         self.exit_code = -9

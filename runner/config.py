@@ -1,0 +1,67 @@
+"""The runner's settings: where the share, the workspace and the state are, and how code
+servers start (from the command line and the environment, see :mod:`cli`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import location_env
+from .container_runs import ContainerRuns
+from .starts import ServerOptions
+
+
+@dataclass(frozen=True)
+class Settings:
+    code_dir: Path
+    workspace_path: Path
+    state_dir: Path
+    webserver_url: str | None
+    host: str = "127.0.0.1"  # the address code servers bind to
+    #: The address written into workspace.yaml, for a webserver or daemon on another host
+    #: or container to reach the servers (default: ``host``).
+    advertise_host: str | None = None
+    rescan_every: float = 2.0
+    stable_for: float = 1.0
+    start_timeout: float = 180.0
+    #: How long a replaced or deleted server may take to finish its in-flight runs.
+    retire_grace: float = 3600.0
+    #: When a new version fails, keep serving the last good one (and show the failure beside
+    #: it); False shows the failure in place of the location.
+    keep_last_good: bool = True
+    #: DAGSTER_HOME of the instance; None: the folder of workspace.yaml.
+    instance_home: Path | None = None
+    #: Packages every environment needs to open the instance (e.g. dagster-postgres).
+    extra_requirements: tuple[str, ...] = ()
+    #: Dagster's log format for the code servers: colored or json.
+    server_log_format: str = "colored"
+    #: Settings files outside the share (secrets), laid out like code_location/; they win.
+    settings_dir: Path | None = None
+    #: More of the service's environment for every location: names or ``PREFIX*``.
+    pass_env: tuple[str, ...] = ()
+    #: How runs start in containers (Docker, Kubernetes); None: as processes of the server.
+    container_runs: ContainerRuns | None = None
+
+    @property
+    def home(self) -> Path:
+        """DAGSTER_HOME of the instance."""
+        return self.instance_home or self.workspace_path.parent
+
+    def settings_files(self) -> location_env.SettingsFiles:
+        """Settings files beside the code, and outside the share (they win)."""
+        roots = [(self.code_dir, self.code_dir.name)]
+        if self.settings_dir is not None:
+            roots.append((self.settings_dir, str(self.settings_dir)))
+        return location_env.SettingsFiles(roots)
+
+    def server_options(self) -> ServerOptions:
+        """What every code server gets, its environment included: what the service's
+        environment passes on to locations (see :mod:`location_env`)."""
+        also = [*location_env.instance_variables(self.home / "dagster.yaml"), *self.pass_env]
+        return ServerOptions(
+            state_dir=self.state_dir, host=self.host,
+            inherited=location_env.inherited(os.environ, also=also),
+            log_format=self.server_log_format, start_timeout=self.start_timeout,
+            container_runs=self.container_runs,
+        )  # fmt: skip

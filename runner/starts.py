@@ -1,0 +1,127 @@
+"""Starting code servers: queued once their environment is ready, spawned a few at a time
+from the loop's thread (a server's parent-death signal is tied to the thread that spawned
+it), each awaited in a worker until it answers, which comes back as a :class:`ServerDone`.
+
+Every server of the service gets the same options: its location's environment variables,
+its scratch folder, the log format, and how its runs start in containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster._utils.error import SerializableErrorInfo
+
+from . import container_runs, last_good
+from . import env as envs
+from . import server as servers
+from .container_runs import ContainerRuns
+from .plan import Generation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerDone:
+    """Generation ``serial`` of location ``name`` answered, or did not start (``error``)."""
+
+    name: str
+    serial: int
+    load_error: SerializableErrorInfo | None
+    error: str | None
+    seconds: float  # from spawn to ready (or to the failure)
+    ignored: tuple[str, ...] = ()  # definitions Dagster dropped (no Definitions in the file)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What every code server of the service gets."""
+
+    state_dir: Path
+    host: str
+    inherited: Mapping[str, str]  # the service's environment a location sees
+    log_format: str = "colored"
+    start_timeout: float = 180.0
+    container_runs: ContainerRuns | None = None
+
+
+class Starts:
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        start_server: Callable[..., servers.CodeServer],
+        done: Callable[[ServerDone], None],
+    ) -> None:
+        self.options = options
+        self._start_server = start_server  # the one place a code server process starts
+        self._done = done  # called from a worker thread
+        self._queued: dict[str, tuple[Generation, envs.Env]] = {}  # by location name
+        self._pool = ThreadPoolExecutor(64, "server-io")
+
+    def __bool__(self) -> bool:
+        return bool(self._queued)
+
+    def queue(self, gen: Generation, env: envs.Env) -> None:
+        """Start ``gen``'s server in ``env`` when a slot is free (it replaces any queued
+        earlier for the location)."""
+        self._queued[gen.spec.name] = (gen, env)
+
+    def queued(self, gen: Generation) -> bool:
+        held = self._queued.get(gen.spec.name)
+        return held is not None and held[0].serial == gen.serial
+
+    def take(
+        self, free: int, *, wanted: Callable[[Generation], bool]
+    ) -> list[tuple[Generation, envs.Env]]:
+        """Up to ``free`` queued starts still ``wanted``, oldest first (the others are
+        dropped: superseded or removed meanwhile)."""
+        taken: list[tuple[Generation, envs.Env]] = []
+        while self._queued and len(taken) < free:
+            gen, env = self._queued.pop(next(iter(self._queued)))
+            if wanted(gen):
+                taken.append((gen, env))
+        return taken
+
+    def spawn(self, gen: Generation, env: envs.Env) -> servers.CodeServer:
+        """Start ``gen``'s server (raises OSError) and await its answer in a worker."""
+        opts, name = self.options, gen.spec.name
+        file, folder = gen.spec.path, None
+        if gen.last_good:  # the share holds a broken version now: serve the copy
+            file, folder = last_good.copy_path(opts.state_dir, gen), gen.spec.path.parent
+            log.info("%s: restarting the last good version from its copy %s", name, file)
+        server_env = {**opts.inherited, **gen.spec.settings.values}
+        workdir = opts.state_dir / "work" / name
+        runs, run_args, entry_point = opts.container_runs, [], None
+        if runs is not None and runs.kind != "local":
+            env_file = container_runs.run_env_file(opts.state_dir, name)
+            container_runs.write_run_env(env_file, server_env, workdir)
+            run_args = runs.server_args(name, gen.spec.metadata.run_limits)
+            entry_point = container_runs.entry_point(env.python, env_file)
+        server = self._start_server(
+            location=name, python=env.python, file=file, folder=folder, host=opts.host,
+            env=server_env, workdir=workdir, sidecars=opts.state_dir / "servers",
+            log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
+        )  # fmt: skip
+        self._pool.submit(self._wait_ready, name, gen.serial, server)
+        return server
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _wait_ready(self, name: str, serial: int, server: servers.CodeServer) -> None:
+        load_error, error = None, None
+        try:
+            load_error = server.wait_ready(timeout=self.options.start_timeout)
+        except servers.StartError as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"unexpected error: {exc}"
+        seconds = time.monotonic() - server.started
+        ignored = tuple(server.sidecar.ignored()) if error is None else ()
+        self._done(ServerDone(name, serial, load_error, error, seconds, ignored))
