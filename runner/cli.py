@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> None:
         else None,
         pass_env=tuple(location_env.pass_env_patterns()),
         container_runs=_container_runs(ready.launcher),
+        warm_starts=args.starts == "warm",
     )
     lease = Lease(where.dagster_home / LEASE_NAME)
     supervisor = Supervisor(settings, lease=lease)
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
              "when a new version fails: keep serving the last good one and show the failure "
              "beside it, or show the failure in its place",
              choices=("keep-last-good", "show-error"))
+    _setting(serve, "--starts", "RUNNER_STARTS", "warm", choices=("warm", "cold"),
+             help="warm: fork code servers from a template per environment that has "
+             "imported Dagster; cold: start each in a fresh interpreter")
     _setting(serve, "--watch", "RUNNER_WATCH", "auto",
              "file events plus rescans, or rescans only; auto polls on network file systems",
              choices=("auto", "events", "poll"))

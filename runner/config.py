@@ -42,6 +42,8 @@ class Settings:
     pass_env: tuple[str, ...] = ()
     #: How runs start in containers (Docker, Kubernetes); None: as processes of the server.
     container_runs: ContainerRuns | None = None
+    #: Fork code servers from a template per environment (see :mod:`warm`); False: cold.
+    warm_starts: bool = True
 
     @property
     def home(self) -> Path:
@@ -63,5 +65,5 @@ class Settings:
             state_dir=self.state_dir, host=self.host,
             inherited=location_env.inherited(os.environ, also=also),
             log_format=self.server_log_format, start_timeout=self.start_timeout,
-            container_runs=self.container_runs,
+            container_runs=self.container_runs, warm_starts=self.warm_starts,
         )  # fmt: skip

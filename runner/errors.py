@@ -80,6 +80,7 @@ class ErrorServer:
         self.error = error
         self.host = host
         self.pid = os.getpid()  # served in the runner's own process
+        self.start = "in-process"
         self.server_id = f"{location}-error-{uuid.uuid4().hex[:12]}"
         self._reload = threading.Event()
 

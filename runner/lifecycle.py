@@ -235,7 +235,7 @@ def env_done(
 
 def spawned(loc: Location, gen: Generation, server: Served, *, now: float) -> Step:
     """``gen``'s server was started; it is awaited."""
-    text = f"starting {loc.name} on port {server.port} (pid {server.pid})"
+    text = f"starting {loc.name} on port {server.port} (pid {server.pid}, {server.start})"
     return _step(replace(loc, next=replace(gen, server=server, spawned=now)),
                  Say(logging.INFO, text))  # fmt: skip
 

@@ -24,6 +24,7 @@ class Served(Protocol):
     port: int
     server_id: str
     pid: int  # the process serving it (the runner's own, for an in-process error server)
+    start: str  # how it started: "warm", "cold", or "cold: why" (see ``warm``)
 
     def exited(self) -> int | None: ...
 

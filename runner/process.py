@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,28 @@ log = logging.getLogger(__name__)
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
+class Proc(Protocol):
+    """What :func:`stop` needs of a process: a ``Popen``, or a server a template forked."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
 def spawn(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
+    stdin: int | None = subprocess.DEVNULL,
     stdout: int | None = None,
     stderr: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen:
     """Start ``argv`` as the leader of a new session that dies with its parent.
 
@@ -47,11 +63,12 @@ def spawn(
         [*prefix, *argv],
         env=dict(env) if env is not None else None,
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
         close_fds=True,
+        pass_fds=tuple(pass_fds),
     )
 
 
@@ -144,7 +161,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+def _kill_group(proc: Proc, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
@@ -157,7 +174,7 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def stop(
-    proc: subprocess.Popen,
+    proc: Proc,
     *,
     name: str,
     graceful: Callable[[], object] | None = None,

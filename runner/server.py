@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +51,10 @@ class CodeServer:
     host: str
     port: int
     server_id: str
-    proc: subprocess.Popen
+    proc: process.Proc
     sidecar: Sidecar
+    #: How it started: "warm" (forked by its environment's template) or "cold: why".
+    start: str = "cold"
     started: float = field(default_factory=time.monotonic)
     #: The OOM killer's count when it started: a SIGKILL is its doing only if it went up.
     oom_kills: int | None = field(default_factory=process.oom_kills)
@@ -62,7 +63,10 @@ class CodeServer:
         """How the process ended ("killed by SIGKILL by the kernel's out-of-memory killer")."""
         before, now = self.oom_kills, process.oom_kills()
         oom = before is not None and now is not None and now > before
-        return process.describe_exit(self.proc.poll(), oom=oom)
+        code = self.proc.poll()
+        if code is not None and getattr(self.proc, "note", ""):
+            return f"ended ({self.proc.note})"  # type: ignore[attr-defined]
+        return process.describe_exit(code, oom=oom)
 
     @property
     def pid(self) -> int:
@@ -213,8 +217,13 @@ def start(
     log_format: str = "colored",
     run_args: Sequence[str] = (),
     run_entry_point: Sequence[str] | None = None,
+    launch: Launch | None = None,
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
+
+    ``launch`` starts the process from its command line, environment and working directory
+    and says how it started (e.g. forked by a template, see :mod:`warm`); by default it is
+    spawned cold.
 
     It runs in ``workdir``, the location's scratch folder outside the share, so a run that
     writes a relative path writes there; ``--working-directory`` stays the file's folder, so
@@ -254,7 +263,7 @@ def start(
     }
     if run_entry_point:
         env["RUNNER_RUN_ENTRY_POINT"] = json.dumps(list(run_entry_point))
-    proc = process.spawn(argv, env=env, cwd=workdir)
+    proc, how = (launch or spawn_cold)(argv, env, workdir)
     return CodeServer(
         location=location,
         python=python,
@@ -264,4 +273,15 @@ def start(
         server_id=server_id,
         proc=proc,
         sidecar=sidecar,
+        start=how,
     )
+
+
+#: Starts a server's process: (command line, environment, working directory) -> (the
+#: process, how it started).
+Launch = Callable[[Sequence[str], Mapping[str, str], Path], "tuple[process.Proc, str]"]
+
+
+def spawn_cold(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[process.Proc, str]:
+    """A fresh interpreter that imports everything itself."""
+    return process.spawn(argv, env=env, cwd=cwd), "cold"

@@ -3,11 +3,13 @@ from the loop's thread (a server's parent-death signal is tied to the thread tha
 it), each awaited in a worker until it answers, which comes back as a :class:`ServerDone`.
 
 Every server of the service gets the same options: its location's environment variables,
-its scratch folder, the log format, and how its runs start in containers.
+its scratch folder, the log format, how its runs start in containers, and whether it is
+forked from its environment's template (see :mod:`warm`) or started cold.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
 
-from . import container_runs, last_good
+from . import container_runs, last_good, warm
 from . import env as envs
 from . import server as servers
 from .container_runs import ContainerRuns
@@ -48,6 +50,8 @@ class ServerOptions:
     log_format: str = "colored"
     start_timeout: float = 180.0
     container_runs: ContainerRuns | None = None
+    #: Fork servers from a template per environment; False: every server starts cold.
+    warm_starts: bool = True
 
 
 class Starts:
@@ -57,8 +61,13 @@ class Starts:
         *,
         start_server: Callable[..., servers.CodeServer],
         done: Callable[[ServerDone], None],
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.options = options
+        #: Templates wake the loop when they are ready (or end).
+        self.templates = (
+            warm.Templates(options.inherited, changed=wake) if options.warm_starts else None
+        )
         self._start_server = start_server  # the one place a code server process starts
         self._done = done  # called from a worker thread
         self._queued: dict[str, tuple[Generation, envs.Env]] = {}  # by location name
@@ -88,8 +97,9 @@ class Starts:
                 taken.append((gen, env))
         return taken
 
-    def spawn(self, gen: Generation, env: envs.Env) -> servers.CodeServer:
-        """Start ``gen``'s server (raises OSError) and await its answer in a worker."""
+    def spawn(self, gen: Generation, env: envs.Env) -> servers.CodeServer | None:
+        """Start ``gen``'s server (raises OSError) and await its answer in a worker;
+        ``None``: its environment's template is starting, and the start stays queued."""
         opts, name = self.options, gen.spec.name
         file, folder = gen.spec.path, None
         if gen.last_good:  # the share holds a broken version now: serve the copy
@@ -103,15 +113,29 @@ class Starts:
             container_runs.write_run_env(env_file, server_env, workdir)
             run_args = runs.server_args(name, gen.spec.metadata.run_limits)
             entry_point = container_runs.entry_point(env.python, env_file)
-        server = self._start_server(
-            location=name, python=env.python, file=file, folder=folder, host=opts.host,
-            env=server_env, workdir=workdir, sidecars=opts.state_dir / "servers",
-            log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
-        )  # fmt: skip
+        launch = functools.partial(self.templates.launch, env.python) if self.templates else None
+        try:
+            server = self._start_server(
+                location=name, python=env.python, file=file, folder=folder, host=opts.host,
+                env=server_env, workdir=workdir, sidecars=opts.state_dir / "servers",
+                log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
+                launch=launch,
+            )  # fmt: skip
+        except warm.NotReady:
+            self._queued.setdefault(name, (gen, env))
+            return None
         self._pool.submit(self._wait_ready, name, gen.serial, server)
         return server
 
+    def retire(self, python: Path) -> None:
+        """An environment is removed: so are its templates."""
+        if self.templates is not None:
+            self.templates.retire(python)
+
     def shutdown(self) -> None:
+        """Stop the templates (the servers are stopped one by one, by the supervisor)."""
+        if self.templates is not None:
+            self.templates.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _wait_ready(self, name: str, serial: int, server: servers.CodeServer) -> None:

@@ -50,6 +50,7 @@ class FileStatus:
     env_path: str | None = None
     port: int | None = None  # of the server the workspace points at
     pid: int | None = None
+    start: str | None = None  # how its server started: warm, cold, or "cold: why"
     serving: bool = False  # a version that loaded answers (perhaps the last good one)
     progress: str | None = None  # what a build in progress is doing
     warning: str | None = None  # what the UI shows with the location (dropped definitions)
@@ -102,7 +103,7 @@ def describe(
         env=gen.env.short if gen else None,
         env_path=str(env_path(gen.env.key)) if gen else None,
         port=server.port if server else None, pid=server.pid if server else None,
-        serving=serving, progress=progress,
+        start=server.start if server else None, serving=serving, progress=progress,
         warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
         settings=gen.spec.settings.files if gen else (),
         variables=gen.spec.settings.names if gen else (),
@@ -270,7 +271,7 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
     if not files:
         lines.append("no files in code_location/ yet")
         return "\n".join(lines) + "\n"
-    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "ENV", "FILE")
+    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "START", "ENV", "FILE")
     table = [header]
     for row in files:
         state = row["state"]
@@ -279,7 +280,7 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
         table.append((
             row["location"], state, _ago(row.get("since"), now),
             str(row.get("port") or "-"), str(row.get("pid") or "-"),
-            (row.get("env") or "-")[:12], row["file"],
+            (row.get("start") or "-").split(":")[0], (row.get("env") or "-")[:12], row["file"],
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
@@ -287,6 +288,8 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
     for row in files:
         if row.get("progress"):
             lines.append(f"\n{row['location']}: {row['progress']}")
+        if ":" in (row.get("start") or ""):
+            lines.append(f"\n{row['location']} started {row['start']}")
         if row.get("ignored_by"):
             lines.append(f"\n{row['file']}: ignored ({row['ignored_by']})")
         if row.get("warning"):

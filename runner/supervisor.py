@@ -84,9 +84,8 @@ class Supervisor:
                                    on_published=lambda version: self.wake())  # fmt: skip
         self.builds = Builds(self.store, workers=PARALLEL_BUILDS,
                              done=self.inbox.put, clock=clock)  # fmt: skip
-        self.starts = Starts(
-            settings.server_options(), start_server=start_server, done=self.inbox.put
-        )
+        self.starts = Starts(settings.server_options(), start_server=start_server,
+                             done=self.inbox.put, wake=self.wake)  # fmt: skip
         self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
                                        clock=clock)  # fmt: skip
         self.errors = ErrorServers(
@@ -288,6 +287,8 @@ class Supervisor:
             loc = self.locations[gen.spec.name]
             try:
                 server = self.starts.spawn(gen, env)
+                if server is None:  # its template is starting; the start stays queued
+                    continue
             except OSError as exc:
                 self._carry(lifecycle.failed(loc, gen, f"could not start the code server: {exc}",
                                              keep_last_good=self.settings.keep_last_good,
@@ -361,6 +362,7 @@ class Supervisor:
         in_use |= self.retirements.env_keys() | self.builds.keys()
         for key in self._used_envs - in_use:
             log.info("removing env %s (no location uses it any more)", key[:12])
+            self.starts.retire(envs.Env(key, self.store.path(key)).python)
             self.store.remove(key)
             self._used_envs.discard(key)
 

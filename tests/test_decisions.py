@@ -33,6 +33,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.pid = self.port = next(_pids)
         self.server_id = f"s{self.pid}"
+        self.start = "cold"
         self.exit_code: int | None = None
 
     def exited(self) -> int | None:

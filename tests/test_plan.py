@@ -18,7 +18,7 @@ def spec(name: str, digest: str) -> LocationSpec:
 
 
 class FakeServer:
-    port, server_id, pid = 4000, "fake", 4242
+    port, server_id, pid, start = 4000, "fake", 4242, "cold"
 
     def __init__(self, exit_code: int | None = None) -> None:
         self.exit_code = exit_code

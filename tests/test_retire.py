@@ -9,7 +9,7 @@ from runner.retire import OVERDUE_AFTER, Retirements, Stopped
 
 
 class FakeServer:
-    port, server_id, pid = 4000, "fake", 4242
+    port, server_id, pid, start = 4000, "fake", 4242, "cold"
 
     def __init__(self) -> None:
         self.stopped = threading.Event()

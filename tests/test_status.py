@@ -138,7 +138,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
     meta = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
 
     class Up:
-        port, server_id, pid = 4000, "up", 42
+        port, server_id, pid, start = 4000, "up", 42, "warm"
 
         def exited(self) -> int | None:
             return None

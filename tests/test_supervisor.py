@@ -42,6 +42,7 @@ class FakeServer:
         self.port = next(_ports)
         self.pid = self.port  # unique, and never a real process
         self.server_id = f"{location}-{self.port}"
+        self.start = "warm"
         self.sidecar = FakeSidecar()
         self.exit_code: int | None = None
         self.started = 0.0

@@ -1,0 +1,182 @@
+"""A warm template of one environment: Dagster imported once, a code server forked per start.
+
+Run by the environment's interpreter as ``python template.py``; like ``codeserver.py`` it
+imports only the standard library and Dagster. It imports what a code server needs (and
+rehearses loading a stub file, which pulls in what loading definitions imports lazily), but
+never user code and never starts a thread: forking a process that runs threads (gRPC's) is
+unsafe. Then it waits for requests on stdin, one JSON object a line::
+
+    {"id": 7, "argv": [...codeserver.py arguments], "env": {...}, "cwd": "...", "parent": pid}
+
+and forks a child for each. The child becomes what ``python codeserver.py <argv>`` started
+in ``cwd`` with ``env`` would be (environment, working directory, signal dispositions,
+stdin), in a session of its own, and runs ``codeserver.main()``. Pages of the imported
+modules stay shared, copy-on-write, between the template and its children.
+
+Replies go, one JSON object a line, to the file descriptor named by
+``RUNNER_TEMPLATE_REPLIES``: ``{"ready": seconds}`` or ``{"unusable": why}`` once after
+start-up, ``{"forked": id, "pid": pid}`` per request, ``{"exited": pid, "status": code}``
+when a child ends (negative: killed by that signal, as :mod:`subprocess` says it).
+A child outlives its template and dies with ``parent`` (the runner), as a cold server does.
+"""
+
+import gc
+import json
+import os
+import runpy
+import select
+import signal
+import sys
+import threading
+import time
+
+BOOT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _warm_up():
+    """Import what a code server imports, and load a stub file the way it loads a file."""
+    import codeserver  # noqa: F401  (this folder is sys.path[0])
+    import dagster
+    import dagster._cli.api
+    import dagster._grpc.impl
+    import dagster._grpc.server  # noqa: F401
+    from dagster._cli import main  # noqa: F401
+
+    try:
+        _rehearse()
+    except Exception as exc:  # only less warm: what it would have imported loads in the child
+        print(f"runner template: rehearsal skipped: {exc!r}", file=sys.stderr)
+
+
+def _rehearse():
+    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
+    from dagster._core.remote_representation.external_data import RepositorySnap
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._grpc.server import LoadedRepositories
+
+    path, modules = list(sys.path), set(sys.modules)
+    stub = os.path.join(BOOT_DIR, "stub.py")
+    origin = LoadableTargetOrigin(python_file=stub, working_directory=BOOT_DIR)
+    try:
+        loaded = LoadedRepositories(origin, None, [sys.executable], None)
+        for repo in loaded.definitions_by_name.values():
+            RepositorySnap.from_def(repo)
+    finally:
+        # Nothing of the stub stays: the children load their own file into a clean slate.
+        DefinitionsLoadContext._instance = None
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            if getattr(sys.modules[name], "__file__", None) == stub:
+                del sys.modules[name]
+
+
+def _reply(fd, **message):
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def _started_with(env, boot_environ):
+    """``env``, plus what this interpreter's start-up added to its own environment (PEP 538
+    sets LC_CTYPE under the C locale): a cold interpreter given ``env`` adds the same, as
+    the template was started with the same start-up variables (``warm.startup_variables``)."""
+    startup = ("PYTHON", "DAGSTER_", "GRPC_", "LC_", "LANG", "TZ")
+    added = {k: v for k, v in boot_environ.items() if k.startswith(startup) and k not in env}
+    return {**env, **added}
+
+
+def _become(request, closing, boot_environ):
+    """Turn this forked child into the server ``request`` describes (see the docstring)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in closing:
+        os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.setsid()
+    _die_with(request["parent"])
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(_started_with(request["env"], boot_environ))
+    gc.enable()
+    # Run as ``__main__`` from its path, as ``python codeserver.py`` does: multiprocessing's
+    # spawn (a run's subprocess) finds the main module by that path.
+    path = os.path.join(BOOT_DIR, "codeserver.py")
+    sys.argv = [path, *request["argv"]]
+    runpy.run_path(path, run_name="__main__")
+
+
+def _die_with(pid):
+    """SIGKILL this process when ``pid`` ends, as the parent-death signal does for a cold
+    server (the template is this child's parent, and may end first)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch():
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="runner-watch", daemon=True).start()
+
+
+def _reap(replies):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _reply(replies, exited=pid, status=os.waitstatus_to_exitcode(status))
+
+
+def main():
+    replies = int(os.environ.pop("RUNNER_TEMPLATE_REPLIES"))
+    boot_environ = dict(os.environ)
+    started = time.monotonic()
+    gc.disable()  # no collections while importing: fewer pages touched, faster
+    try:
+        _warm_up()
+    except Exception as exc:
+        _reply(replies, unusable=f"importing Dagster failed: {exc!r}")
+        return 1
+    if threading.active_count() != 1:
+        main_thread = threading.main_thread()
+        names = ", ".join(t.name for t in threading.enumerate() if t is not main_thread)
+        why = f"a thread runs after importing Dagster ({names}): forking is unsafe"
+        _reply(replies, unusable=why)
+        return 1
+    gc.freeze()  # what is imported now is never collected: its pages stay shared
+
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    _reply(replies, ready=round(time.monotonic() - started, 3))
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0, wake_r], [], [])
+        if wake_r in readable:
+            while True:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    break
+            _reap(replies)
+        if 0 in readable:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:  # the runner closed our stdin: we are done (children live on)
+                return 0
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    # From here on this process is the server: it exits as a cold one does.
+                    _become(request, (replies, wake_r, wake_w), boot_environ)
+                    return 0
+                _reply(replies, forked=request["id"], pid=pid)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Warm starts: per environment, a template process that has imported Dagster forks the code
+servers (see ``boot/template.py``), so a start costs loading the file, not importing Dagster.
+
+A location whose environment cannot use a template (importing Dagster fails there, or leaves
+a thread running) starts cold, and says why. A template that dies is replaced on the next
+start (its servers live on); one that keeps dying while starting is given up for its
+environment. Templates are keyed by the environment's interpreter and by the variables
+read while Python starts and Dagster is imported, so a location whose settings change those
+gets a template of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from . import process
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).parent / "boot" / "template.py"
+#: Seconds a template may take to import Dagster before it is given up.
+BOOT_TIMEOUT = 120.0
+#: Seconds a template may take to answer a fork request.
+FORK_TIMEOUT = 10.0
+#: Templates of one environment that may die while starting before it starts cold.
+BOOT_ATTEMPTS = 3
+#: Seconds to wait for a template's report of how a child that ended ended.
+EXIT_REPORT_WAIT = 2.0
+
+
+class NotReady(Exception):
+    """The environment's template is still starting: try again when it is ready."""
+
+
+def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables Python reads as it starts and Dagster (or gRPC) as it is imported: a
+    child forked from a template sees these as the template saw them."""
+    prefixes = ("PYTHON", "DAGSTER_", "GRPC_", "LC_")
+    return {k: v for k, v in env.items() if k.startswith(prefixes) or k in ("LANG", "TZ")}
+
+
+class Forked:
+    """A server forked by a template: what :mod:`process` needs of a ``Popen``.
+
+    Its parent is the template, which reaps it and reports its exit status; a pidfd tells
+    when it ended, and signals it without a race against a reused pid.
+    """
+
+    def __init__(self, pid: int, template: Template, args: Sequence[str]) -> None:
+        self.pid = pid
+        self.args = list(args)
+        self.returncode: int | None = None
+        self.note = ""  # why the exit status is not known
+        self._template = template
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # already ended and reaped: its report says how
+            self._pidfd = None
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        status = self._template.exit_status(self.pid)
+        if status is None and self._ended():
+            status = self._template.exit_status(self.pid, wait=EXIT_REPORT_WAIT)
+            if status is None:
+                self.note = "its exit status is unknown: the template that forked it had ended"
+                status = 255
+        if status is not None:
+            self.returncode = status
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            if self._pidfd is not None:
+                select.select([self._pidfd], [], [], min(left or 0.5, 0.5))
+            else:
+                time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None and self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def _ended(self) -> bool:
+        if self._pidfd is None:
+            return True
+        return bool(select.select([self._pidfd], [], [], 0)[0])
+
+
+class Template:
+    """One template process and what it reported."""
+
+    def __init__(self, python: Path, env: Mapping[str, str], *, changed: Callable[[], None]):
+        self.python = python
+        self.state = "starting"  # -> ready | unusable | ended
+        self.served = False  # it was ready once (ending later is no failure to start)
+        self.why = ""
+        self.started = time.monotonic()
+        self._changed = changed  # called (from the reader) when it becomes ready or ends
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._forked: dict[int, int] = {}  # request id -> pid
+        self._exited: dict[int, int] = {}  # pid -> exit status
+        read, write = os.pipe()
+        try:
+            self.proc = process.spawn(
+                [str(python), str(TEMPLATE)], env={**env, "RUNNER_TEMPLATE_REPLIES": str(write)},
+                cwd=TEMPLATE.parent, stdin=subprocess.PIPE, pass_fds=(write,),
+            )  # fmt: skip
+        finally:
+            os.close(write)
+        self._reader = threading.Thread(
+            target=self._read, args=(os.fdopen(read, "rb"),), name="template", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Forked:
+        """A child running ``codeserver.py argv[2:]`` (``argv``: the cold command line)."""
+        request_id = next(self._ids)
+        request = {"id": request_id, "argv": list(argv[2:]), "env": dict(env),
+                   "cwd": str(cwd), "parent": os.getpid()}  # fmt: skip
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise OSError(
+                f"the template (pid {self.pid}) did not take the request: {exc}"
+            ) from None
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: request_id in self._forked or self.state != "ready", FORK_TIMEOUT
+            ):
+                self.kill()
+                raise OSError(f"the template (pid {self.pid}) did not fork in {FORK_TIMEOUT}s")
+            if request_id not in self._forked:
+                raise OSError(f"the template (pid {self.pid}) ended: {self.why}")
+            pid = self._forked.pop(request_id)
+        return Forked(pid, self, argv)
+
+    def exit_status(self, pid: int, *, wait: float = 0.0) -> int | None:
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self._exited or self.state != "ready", wait)
+            return self._exited.pop(pid, None)
+
+    def stop(self) -> None:
+        """End the template (its servers live on: each is stopped on its own)."""
+        process.stop(self.proc, name=f"template of {self.python}", graceful=self._close, grace=5.0)
+
+    def _close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # its requests end: it returns
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def _read(self, replies) -> None:
+        for line in replies:
+            message = json.loads(line)
+            with self._cond:
+                if "ready" in message:
+                    self.state, self.served = "ready", True
+                    log.info("template for %s ready in %.1fs (pid %d)", self.python,
+                             message["ready"], self.pid)  # fmt: skip
+                elif "unusable" in message:
+                    self.state, self.why = "unusable", message["unusable"]
+                elif "forked" in message:
+                    self._forked[message["forked"]] = message["pid"]
+                elif "exited" in message:
+                    self._exited[message["exited"]] = message["status"]
+                self._cond.notify_all()
+            if "ready" in message or "unusable" in message:
+                self._changed()
+        code = self.proc.wait()
+        with self._cond:
+            if self.state != "unusable":  # that says why; it ends as it should
+                self.state, self.why = "ended", f"it {process.describe_exit(code)}"
+            self._cond.notify_all()
+        self._changed()
+
+
+class Templates:
+    """The templates of the service, one per environment (and start-up variables)."""
+
+    def __init__(self, base: Mapping[str, str], *, changed: Callable[[], None]) -> None:
+        self._base = {k: v for k, v in base.items() if k not in startup_variables(base)}
+        self._changed = changed
+        self._templates: dict[tuple, Template] = {}
+        self._failed: dict[tuple, list[str]] = {}  # templates that ended while starting
+        self._cold: dict[tuple, str] = {}  # why this key starts cold
+
+    def launch(self, python: Path, argv: Sequence[str], env: Mapping[str, str],
+               cwd: Path) -> tuple[process.Proc, str]:  # fmt: skip
+        """Fork the server from its environment's template ("warm"), or spawn it ("cold:
+        why"); raises :class:`NotReady` while the template starts."""
+        key = (str(python), tuple(sorted(startup_variables(env).items())))
+        why = self._cold.get(key) or self._template(key, python, env)
+        if why is None:
+            try:
+                return self._templates[key].fork(argv, env, cwd), "warm"
+            except OSError as exc:
+                why = str(exc)
+                log.warning("%s: starting cold: %s", python, why)
+        return process.spawn(argv, env=env, cwd=cwd), f"cold: {why}"
+
+    def retire(self, python: Path) -> None:
+        """Stop the templates of an environment that is removed."""
+        for key in [key for key in self._templates if key[0] == str(python)]:
+            self._templates.pop(key).stop()
+        for held in (self._failed, self._cold):
+            for key in [key for key in held if key[0] == str(python)]:
+                del held[key]
+
+    def all(self) -> list[Template]:
+        return list(self._templates.values())
+
+    def shutdown(self) -> None:
+        for template in self._templates.values():
+            template.stop()
+        self._templates.clear()
+
+    def _template(self, key: tuple, python: Path, env: Mapping[str, str]) -> str | None:
+        """``None``: the key's template is ready; else why it starts cold. Starts one, or
+        replaces one that ended, and raises :class:`NotReady` while it starts."""
+        template = self._templates.get(key)
+        if template is not None and template.state == "ready" and template.proc.poll() is None:
+            return None
+        if template is not None and template.state == "starting":
+            if time.monotonic() - template.started < BOOT_TIMEOUT:
+                raise NotReady
+            template.kill()
+            template.why = f"it did not start within {BOOT_TIMEOUT:.0f}s"
+        if template is not None:
+            del self._templates[key]
+            template.stop()
+            if template.state == "unusable":
+                self._cold[key] = template.why
+                log.warning("%s starts its servers cold: %s", python, template.why)
+                return template.why
+            if not template.served:  # ended while starting
+                self._failed.setdefault(key, []).append(template.why)
+            log.warning("template for %s (pid %d) ended: %s; starting another", python,
+                        template.pid, template.why)  # fmt: skip
+        failures = self._failed.get(key, [])
+        if len(failures) >= BOOT_ATTEMPTS:
+            why = f"its template ended {len(failures)} times while starting: {failures[-1]}"
+            self._cold[key] = why
+            return why
+        self._templates[key] = Template(
+            python, {**self._base, **startup_variables(env)}, changed=self._changed
+        )
+        raise NotReady
