@@ -1,6 +1,6 @@
 """Drop-to-loaded latency of the runner, next to a bare ``dagster api grpc`` start.
 
-    uv run bench/drop_to_loaded.py [--files N]
+    uv run bench/drop_to_loaded.py [--files N] [--starts warm,cold]
 
 Starts the whole service (webserver, daemon, runner) on a temporary share, warms the uv cache
 and one environment, then drops files one at a time and times each from the moment the file
@@ -9,8 +9,9 @@ is in place to the moment GraphQL reports its location LOADED, as the UI would s
   - "new env":  files with new metadata (a new environment, built from the warm uv cache).
 The baseline, in the same run and environment: a bare ``dagster api grpc`` process, from
 spawn to answering a ping (and to having loaded the file), and the same started through the
-runner's boot script (its Reload and dropped-definitions hooks). Also prints the RSS of one
-location's server process.
+runner's boot script (its Reload and dropped-definitions hooks). Each server start mode
+(warm: forked from a template; cold) is measured on its own service; also prints the memory
+(PSS, RSS) of one location's server at rest.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from common import bare_start, script
@@ -41,71 +43,75 @@ def time_to_loaded(service: Service, path: Path, text: str) -> float:
     return time.perf_counter() - dropped
 
 
+def measure(root: Path, starts: str, files: int) -> dict[str, Any]:
+    """The runner with RUNNER_STARTS=``starts``: drop files, time them, look at a server."""
+    service = Service(root / f"share-{starts}", root / "state", log=root / f"service-{starts}.log",
+                      env={"RUNNER_STARTS": starts})  # fmt: skip
+    try:
+        wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
+        code = service.code_dir
+        code.mkdir(parents=True, exist_ok=True)
+        first = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
+        same = [time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
+                for i in range(files)]  # fmt: skip
+        meta = [f'# [tool.bench]\n# n = "{starts}{i}"\n' for i in range(files)]
+        new = [time_to_loaded(service, code / f"new_{i}.py", script([f"n_{i}"], extra_meta=m))
+               for i, m in enumerate(meta)]  # fmt: skip
+        log = service.log_text()
+        pids = [int(p) for p in re.findall(r"serving same_\d+ on port \d+ \(pid (\d+)\)", log)]
+        time.sleep(2)  # at rest
+        memory = [psutil.Process(pid).memory_full_info() for pid in pids]
+        python = Path(psutil.Process(pids[0]).cmdline()[0])
+    finally:
+        service.stop()
+    return {"first": first, "same": same, "new": new, "python": python,
+            "pss": statistics.median(m.pss for m in memory),
+            "rss": statistics.median(m.rss for m in memory)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5, help="files per case (default 5)")
+    parser.add_argument("--starts", default="warm,cold", help="modes to measure (RUNNER_STARTS)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
-        service = Service(root / "share", root / "state", log=root / "service.log")
-        try:
-            wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
-            code = service.code_dir
-            code.mkdir(parents=True, exist_ok=True)
-            warm = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
-            same = [
-                time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
-                for i in range(args.files)
-            ]
-            new = [
-                time_to_loaded(
-                    service,
-                    code / f"new_{i}.py",
-                    script([f"number_{i}"], extra_meta=f"# [tool.bench]\n# n = {i}\n"),
-                )
-                for i in range(args.files)
-            ]
-            log = service.log_text()
-            pid = int(re.findall(r"serving same_0 on port \d+ \(pid (\d+)\)", log)[-1])
-            server = psutil.Process(pid)
-            location_rss = server.memory_info().rss
-            python = Path(server.cmdline()[0])
-            bare, booted = [], []
-            for _ in range(args.files):  # interleaved, so both see the same machine
-                bare.append(bare_start(python, code / "same_0.py"))
-                booted.append(bare_start(python, code / "same_0.py", boot=True))
-        finally:
-            service.stop()
+        runs = {mode: measure(root, mode, args.files) for mode in args.starts.split(",")}
+        python, file = next(iter(runs.values()))["python"], root / "bare.py"
+        file.write_text(script(["number_0"]))
+        bare, booted = [], []
+        for _ in range(args.files):  # interleaved, so both see the same machine
+            bare.append(bare_start(python, file))
+            booted.append(bare_start(python, file, boot=True))
 
-    ping = statistics.median(b.ping for b in bare)
     load = statistics.median(b.loaded for b in bare)
-    bare_rss = statistics.median(b.rss for b in bare)
     mib = 1024 * 1024
-    print(f"drop to LOADED, {args.files} files per case (first file, cold env: {warm:.2f}s)")
-    print(f"  {'case':<44}{'median':>8}{'min':>8}{'max':>8}")
-    rows = [
-        ("runner, same env (env already built)", same),
-        ("runner, new env (built from warm uv cache)", new),
+    print(f"drop to LOADED, {args.files} files per case")
+    print(f"  {'case':<48}{'median':>8}{'min':>8}{'max':>8}")
+    rows = []
+    for mode, run in runs.items():
+        rows += [
+            (f"runner ({mode}), first file (env built)", [run["first"]]),
+            (f"runner ({mode}), same env (env already built)", run["same"]),
+            (f"runner ({mode}), new env (warm uv cache)", run["new"]),
+        ]
+    rows += [
         ("bare dagster api grpc: spawn -> ping", [b.ping for b in bare]),
         ("bare dagster api grpc: spawn -> file loaded", [b.loaded for b in bare]),
         ("  the same through the runner's boot script", [b.loaded for b in booted]),
     ]
     for label, values in rows:
         print(
-            f"  {label:<44}{statistics.median(values):>7.2f}s{min(values):>7.2f}s"
+            f"  {label:<48}{statistics.median(values):>7.2f}s{min(values):>7.2f}s"
             f"{max(values):>7.2f}s"
         )
-    overhead = statistics.median(same) / ping - 1
-    print(
-        f"runner overhead over a bare server answering a ping: {overhead:+.0%} (same env), "
-        f"{statistics.median(new) / ping - 1:+.0%} (new env); over a bare server that has "
-        f"loaded the file: {statistics.median(same) / load - 1:+.0%} (same env)"
-    )
-    print(
-        f"RSS of one location's server: {location_rss / mib:.0f} MiB "
-        f"(bare server after loading: {bare_rss / mib:.0f} MiB)"
-    )
+    for mode, run in runs.items():
+        same = statistics.median(run["same"])
+        print(f"{mode}: same env {same / load:.2f}x a bare spawn -> file loaded; one "
+              f"location's server at rest: {run['pss'] / mib:.1f} MiB PSS, "
+              f"{run['rss'] / mib:.0f} MiB RSS")  # fmt: skip
+    print(f"bare server after loading: {statistics.median(b.rss for b in bare) / mib:.0f} MiB RSS")
 
 
 if __name__ == "__main__":

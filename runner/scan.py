@@ -1,9 +1,11 @@
 """Walk the code folder and say which files are locations, once they are stable.
 
 A file counts only once its size and mtime have stayed the same for ``stable_for`` seconds
-(SMB clients write in chunks and update mtime on close). Until then, the last stable version
-of that file (if any) stays what is desired, so a save in progress never removes a location.
-The scan never writes into the folder and never keeps a file open.
+(SMB clients write in chunks and update mtime on close), or for :data:`SETTLE` seconds if a
+local writer has said it is done with it (closed it after writing, or renamed it into place).
+Until then, the last stable version of that file (if any) stays what is desired, so a save in
+progress never removes a location. The scan never writes into the folder and never keeps a
+file open.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ Signature = tuple[int, int, int]
 MAX_FILE_BYTES = 8 * 1024 * 1024
 #: How much of a larger file is read to tell a location's file from a helper module.
 HEAD_BYTES = 64 * 1024
+#: Seconds a file a local writer has finished must stay unchanged to count. Such a file is
+#: complete as far as its writer knows; the short wait covers writers that close and reopen
+#: to append (``>`` then ``>>``). Changes from other machines give no such sign, and wait
+#: out the whole window.
+SETTLE = 0.2
 
 
 def signature_of(st: os.stat_result) -> Signature:
@@ -75,7 +82,8 @@ class _Seen:
     since: float  # monotonic time the signature was first seen
     admitted: Signature | None = None  # signature of the last stable read
     result: Desired | None = None  # None: stable, but not a location (a helper module)
-    early: Desired | None = None  # what a local writer finished, before the window ends
+    finished: bool = False  # a local writer finished this signature: SETTLE applies
+    early: Desired | None = None  # what a local writer finished, before it counts
     digest: str | None = None  # content digest of the last stable read
 
 
@@ -135,16 +143,20 @@ class Scanner:
             if seen is None:
                 seen = self._seen[relpath] = _Seen(signature=signature, since=now)
             elif seen.signature != signature:
-                seen.signature, seen.since, seen.early = signature, now, None
+                seen.signature, seen.since, seen.early, seen.finished = signature, now, None, False
+            hinted = self._written.get(relpath) == signature
+            seen.finished = seen.finished or hinted
             if seen.admitted != signature:
-                due = seen.since + self.stable_for
+                due = seen.since + (
+                    min(SETTLE, self.stable_for) if seen.finished else self.stable_for
+                )
                 if now >= due:
                     self._admit(relpath, seen)
                 else:
                     if seen.admitted is None or seen.result is not None:  # not a known helper
                         result.pending.append(relpath)
                     result.next_due = due if result.next_due is None else min(result.next_due, due)
-                    if self._written.get(relpath) == signature:
+                    if hinted:
                         read = self._read(relpath, signature)
                         seen.early = read[0] if read is not None else None
                     if seen.early is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner.scan import LocationSpec, Scanner, SpecError
+from runner.scan import SETTLE, LocationSpec, Scanner, SpecError
 
 SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 
@@ -24,6 +24,20 @@ def test_a_file_counts_once_stable(tmp_path: Path) -> None:
     assert scanner.scan(now=100.5).desired == {}
     later = scanner.scan(now=101.0)
     assert isinstance(later.desired["a"], LocationSpec) and later.pending == []
+
+
+def test_a_file_a_local_writer_finished_counts_after_a_short_settle(tmp_path: Path) -> None:
+    scanner = Scanner(tmp_path, stable_for=1.0)
+    write(tmp_path / "a.py", SCRIPT, mtime_ns=1)
+    scanner.mark_written(str(tmp_path / "a.py"))  # closed after writing, or renamed in
+    first = scanner.scan(now=100.0)
+    assert first.desired == {} and first.next_due == 100.0 + SETTLE
+    assert isinstance(first.early["a"], LocationSpec)  # prepared while it settles
+    assert isinstance(scanner.scan(now=100.0 + SETTLE).desired["a"], LocationSpec)
+
+    write(tmp_path / "a.py", SCRIPT + "# appended by a second writer\n", mtime_ns=2)
+    assert scanner.scan(now=101.0).next_due == 102.0  # no sign this time: the whole window
+    assert "appended" not in scanner.scan(now=101.5).desired["a"].source.decode()
 
 
 def test_a_file_still_being_written_keeps_its_last_stable_version(tmp_path: Path) -> None:
