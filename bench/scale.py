@@ -10,6 +10,7 @@ files served the usual hand-made way (one ``dagster code-server start`` per file
 3. With FILES locations serving: drop -> LOADED and edit -> new asset visible, medians.
 4. Idle CPU of the runner process (and of the whole service) over IDLE seconds; then again
    with SHARE_FILES more files (helper modules in their own folders) on the share.
+   Then the restart again with RUNNER_STARTS=cold (every server a fresh interpreter).
 5. Baseline, same files, same environments: one ``dagster code-server start`` per file;
    once every server answers, a webserver and a daemon over a workspace.yaml listing them
    (the order a careful hand-made setup needs). Same figures.
@@ -116,22 +117,39 @@ def wait_all_loaded(
 
 @dataclass
 class AtRest:
-    servers: int  # PSS of the code servers (proxy + child for code-server start)
+    servers: int  # PSS of the code servers (proxy + child for code-server start; templates)
     webserver: int
     daemon: int
     runner: int
     total: int
     server_count: int
+    templates: int  # of which warm-start templates (one per environment)
+
+
+def is_template(cmd: str) -> bool:
+    return "boot/template.py" in cmd
+
+
+def is_runner_server(cmd: str) -> bool:
+    """A server the runner started cold (its forked ones keep their template's command)."""
+    return "boot/codeserver.py" in cmd
 
 
 def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> AtRest:
+    """Memory by role. A warm-started server is a child of its template, whose command line it
+    keeps: both count as the locations' servers."""
     groups: dict[str, list[psutil.Process]] = {"server": [], "web": [], "daemon": [], "run": []}
+    templates = 0
     for proc in procs:
         try:
             cmd = " ".join(proc.cmdline())
         except psutil.NoSuchProcess:
             continue
-        if is_server(cmd):
+        if is_template(cmd):
+            groups["server"].append(proc)
+            parent = proc.parent()  # a template's children are its servers
+            templates += parent is None or not is_template(" ".join(parent.cmdline()))
+        elif is_server(cmd):
             groups["server"].append(proc)
         elif "dagster_webserver" in cmd or "runner webserver" in cmd:
             groups["web"].append(proc)
@@ -146,6 +164,7 @@ def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> At
         runner=pss(groups["run"]),
         total=pss(procs),
         server_count=len(groups["server"]),
+        templates=templates,
     )
 
 
@@ -185,6 +204,7 @@ def warm_uv_cache(root: Path, texts: list[str]) -> float:
 class RunnerResult:
     cold: Startup  # no environment built yet
     restart: Startup  # environments built by the cold start
+    restart_cold: Startup  # the same with RUNNER_STARTS=cold
     rest: AtRest
     drop: list[float]
     edit: list[float]
@@ -213,12 +233,10 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         entry = psutil.Process(service.proc.pid)
         time.sleep(20)  # let start-up garbage settle
         procs = tree([entry])
-        rest = at_rest(procs, lambda cmd: " api grpc " in cmd)
-        pythons = {}
-        for proc in procs:
-            cmd = proc.cmdline()
-            if "--python-file" in cmd:
-                pythons[Path(cmd[cmd.index("--python-file") + 1]).stem] = Path(cmd[0])
+        rest = at_rest(procs, is_runner_server)
+        started = re.findall(r"starting (\S+) on port \d+ \(pid (\d+)", service.log_text())
+        pythons = {name: Path(psutil.Process(int(pid)).cmdline()[0])
+                   for name, pid in started if psutil.pid_exists(int(pid))}  # fmt: skip
 
         # Latency with every location serving.
         deps0 = pipeline(0, ()).split("# ///\n")[0]  # metadata of an environment in use
@@ -259,16 +277,23 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         big_runner, big_service = idle_cpu([runner], tree([entry]), seconds=args.idle)
     finally:
         service.stop(signal.SIGTERM, timeout=60)
+    for path in code.glob("dropped_*.py"):  # the same 50 files as before
+        path.unlink()
+    restart_cold, service = _start(share, root, "runner-restart-cold", set(files), cold=True)
+    service.stop(signal.SIGTERM, timeout=60)
     return RunnerResult(
-        cold, restart, rest, drops, edits,
+        cold, restart, restart_cold, rest, drops, edits,
         [float(d) for d, _ in published], [float(w) for _, w in published],
         idle_runner, idle_service, big_runner, big_service, pythons,
     )  # fmt: skip
 
 
-def _start(share: Path, root: Path, label: str, names: set[str]) -> tuple[Startup, Service]:
+def _start(
+    share: Path, root: Path, label: str, names: set[str], *, cold: bool = False
+) -> tuple[Startup, Service]:
     started = time.perf_counter()
-    service = Service(share, root / "state", log=root / f"{label}.log")
+    service = Service(share, root / "state", log=root / f"{label}.log",
+                      env={"RUNNER_STARTS": "cold" if cold else "warm"})  # fmt: skip
     try:
         with PeakMemory([psutil.Process(service.proc.pid)]) as peak:
             wait_for("the webserver", lambda: service.locations() is not None, timeout=300)
@@ -417,6 +442,8 @@ def main() -> None:
          f"{base.startup.first:.1f} s")  # fmt: skip
     line(f"start, envs built -> all {n} LOADED", f"{ours.restart.all:.1f} s",
          f"{base.startup.all:.1f} s")  # fmt: skip
+    line("  the same, RUNNER_STARTS=cold: first LOADED", f"{ours.restart_cold.first:.1f} s")
+    line(f"  the same, RUNNER_STARTS=cold: all {n} LOADED", f"{ours.restart_cold.all:.1f} s")
     peak = max(ours.cold.peak_pss, ours.restart.peak_pss)
     line("peak memory of the whole service (PSS)", f"{peak / MIB:.0f} MiB",
          f"{base.startup.peak_pss / MIB:.0f} MiB")  # fmt: skip
@@ -436,6 +463,7 @@ def main() -> None:
     line("at rest: runner + entrypoint", f"{ours.rest.runner / MIB:.0f} MiB", "-")
     line("processes serving the locations", str(ours.rest.server_count),
          str(base.rest.server_count))  # fmt: skip
+    line("  of which warm-start templates", str(ours.rest.templates), "-")
     line("idle CPU, whole service (% of one core)", f"{ours.idle_service:.1f} %",
          f"{base.idle_service:.1f} %")  # fmt: skip
     ratio = ours.rest.servers / base.rest.servers

@@ -109,6 +109,14 @@ class Forked:
         return bool(select.select([self._pidfd], [], [], 0)[0])
 
 
+def ksm_runs(control: Path = Path("/sys/kernel/mm/ksm/run")) -> bool:
+    """The host merges identical pages of the processes that offer them (templates do)."""
+    try:
+        return control.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 class Template:
     """One template process and what it reported."""
 
@@ -189,8 +197,9 @@ class Template:
             with self._cond:
                 if "ready" in message:
                     self.state, self.served = "ready", True
-                    log.info("template for %s ready in %.1fs (pid %d)", self.python,
-                             message["ready"], self.pid)  # fmt: skip
+                    merged = ", pages merged by KSM" if message.get("merge") and ksm_runs() else ""
+                    log.info("template for %s ready in %.1fs (pid %d%s)", self.python,
+                             message["ready"], self.pid, merged)  # fmt: skip
                 elif "unusable" in message:
                     self.state, self.why = "unusable", message["unusable"]
                 elif "forked" in message:

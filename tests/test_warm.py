@@ -22,6 +22,15 @@ PROBE = """\
 import json, os, signal, sys
 import dagster as dg
 
+def _merge_offered():
+    try:
+        with open("/proc/self/ksm_stat") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:  # a kernel without KSM
+        return None
+    merge_any = fields.get("ksm_merge_any")  # shown since Linux 6.7
+    return None if merge_any is None else merge_any.strip() == "yes"
+
 def _handler(number):
     h = signal.getsignal(number)
     return h if isinstance(h, (int, type(None))) else getattr(h, "__name__", repr(h))
@@ -36,6 +45,7 @@ with open(os.environ["PROBE_OUT"], "w") as f:
         "stdin": os.readlink("/proc/self/fd/0"), "umask": os.umask(0o022),
         "flags": repr(sys.flags), "main": sys.modules["__main__"].__file__,
         "executable": sys.executable, "modules_of_stub": "stub" in sys.modules,
+        "merge": _merge_offered(),
     }, f)
 
 @dg.asset
@@ -85,6 +95,9 @@ def test_a_forked_server_sees_what_a_cold_one_sees(tmp_path: Path) -> None:
         templates.shutdown()
     starts = (cold.pop("start"), warm_.pop("start"), again.pop("start"))
     assert starts == ("cold", "warm", "warm")
+    merge = (cold.pop("merge"), warm_.pop("merge"), again.pop("merge"))
+    # A forked server's pages are offered for same-page merging; a cold one's are not.
+    assert merge in ((False, True, True), (None, None, None))
     for seen in (cold, warm_, again):
         seen["env"].pop("PROBE_OUT")
     names = {*cold["env"], *warm_["env"]}

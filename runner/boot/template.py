@@ -14,12 +14,19 @@ stdin), in a session of its own, and runs ``codeserver.main()``. Pages of the im
 modules stay shared, copy-on-write, between the template and its children.
 
 Replies go, one JSON object a line, to the file descriptor named by
-``RUNNER_TEMPLATE_REPLIES``: ``{"ready": seconds}`` or ``{"unusable": why}`` once after
-start-up, ``{"forked": id, "pid": pid}`` per request, ``{"exited": pid, "status": code}``
-when a child ends (negative: killed by that signal, as :mod:`subprocess` says it).
+``RUNNER_TEMPLATE_REPLIES``: ``{"ready": seconds, "merge": bool}`` or ``{"unusable": why}``
+once after start-up, ``{"forked": id, "pid": pid}`` per request, ``{"exited": pid,
+"status": code}`` when a child ends (negative: killed by that signal, as :mod:`subprocess` says it).
 A child outlives its template and dies with ``parent`` (the runner), as a cold server does.
+
+A server copies a page it shares with its template whenever it writes to it, and CPython
+writes to an object each time it takes or drops a reference to it: most pages a server
+copies end up as they were. Where the host runs the kernel's same-page merging (KSM), the
+template offers its pages (and so its children's) for merging, and such pages are shared
+again.
 """
 
+import ctypes
 import gc
 import json
 import os
@@ -131,6 +138,19 @@ def _reap(replies):
         _reply(replies, exited=pid, status=os.waitstatus_to_exitcode(status))
 
 
+#: prctl(2): let KSM merge this process's anonymous pages, and its children's (Linux 6.4+).
+PR_SET_MEMORY_MERGE = 67
+
+
+def _offer_pages_for_merging():
+    """True if the kernel took the offer (it has effect only where KSM runs on the host:
+    ``/sys/kernel/mm/ksm/run`` is 1); older kernels refuse it, and nothing changes."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def main():
     replies = int(os.environ.pop("RUNNER_TEMPLATE_REPLIES"))
     boot_environ = dict(os.environ)
@@ -148,11 +168,12 @@ def main():
         _reply(replies, unusable=why)
         return 1
     gc.freeze()  # what is imported now is never collected: its pages stay shared
+    merge = _offer_pages_for_merging()
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _reply(replies, ready=round(time.monotonic() - started, 3))
+    _reply(replies, ready=round(time.monotonic() - started, 3), merge=merge)
     pending = b""
     while True:
         readable, _, _ = select.select([0, wake_r], [], [])
