@@ -140,18 +140,27 @@ def after_transient_failure(attempts: int, *, now: float) -> Retry:
 
 #: Seconds a starting server holds its start slot at most.
 SLOT_HELD_FOR = 15.0
+#: A server forked from its environment's template only loads its file (about a tenth of a
+#: cold start's CPU, which imports Dagster first): this many warm starts share one slot.
+WARM_PER_SLOT = 4
 
 
-def free_start_slots(spawned: list[float], *, now: float, slots: int) -> int:
-    """How many more servers may start now, given when those still starting were spawned.
+def start_cost(warm: bool) -> int:
+    """What a start holds of the start slots, in warm starts."""
+    return 1 if warm else WARM_PER_SLOT
+
+
+def start_budget(starting: list[tuple[float, bool]], *, now: float, slots: int) -> int:
+    """How many more warm starts may begin now (a cold one costs :func:`start_cost`), given
+    when each server still starting was spawned and whether it started warm.
 
     Servers starting together share the CPU (importing Dagster alone takes about 1.5 s of
-    it): fifty started at once all answer after a minute, a few at a time make the first ones
-    visible within seconds and the last ones no later. A server that takes long to start (an
-    import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
+    it): fifty cold starts at once all answer after a minute, a few at a time make the first
+    ones visible within seconds and the last ones no later. A server that takes long to
+    start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
     """
-    holding = sum(1 for at in spawned if now - at < SLOT_HELD_FOR)
-    return max(0, slots - holding)
+    held = sum(start_cost(warm) for at, warm in starting if now - at < SLOT_HELD_FOR)
+    return max(0, slots * WARM_PER_SLOT - held)
 
 
 def is_next(locations: Mapping[str, Location], gen: Generation) -> bool:
@@ -160,10 +169,13 @@ def is_next(locations: Mapping[str, Location], gen: Generation) -> bool:
     return loc is not None and loc.next is not None and loc.next.serial == gen.serial
 
 
-def starting(loc: Location) -> float | None:
-    """When the server of ``loc``'s next version was spawned, while it has not answered."""
+def starting(loc: Location) -> tuple[float, bool] | None:
+    """When the server of ``loc``'s next version was spawned, and whether warm, while it has
+    not answered."""
     gen = loc.next
-    return gen.spawned if gen is not None and gen.server is not None and not gen.ready else None
+    if gen is None or gen.server is None or gen.ready or gen.spawned is None:
+        return None
+    return gen.spawned, gen.server.start == "warm"
 
 
 # --- the file's versions ---------------------------------------------------------------

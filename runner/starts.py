@@ -71,19 +71,29 @@ class Starts:
         self._start_server = start_server  # the one place a code server process starts
         self._done = done  # called from a worker thread
         self._queued: dict[str, tuple[Generation, envs.Env]] = {}  # by location name
+        self._for_template: set[str] = set()  # queued ones whose template is starting
         self._pool = ThreadPoolExecutor(64, "server-io")
 
-    def __bool__(self) -> bool:
-        return bool(self._queued)
+    def __len__(self) -> int:
+        return len(self._queued)
 
     def queue(self, gen: Generation, env: envs.Env) -> None:
         """Start ``gen``'s server in ``env`` when a slot is free (it replaces any queued
         earlier for the location)."""
         self._queued[gen.spec.name] = (gen, env)
+        self._for_template.discard(gen.spec.name)
 
     def queued(self, gen: Generation) -> bool:
         held = self._queued.get(gen.spec.name)
         return held is not None and held[0].serial == gen.serial
+
+    def waiting(self, gen: Generation) -> str | None:
+        """Why ``gen``'s start waits, if it is queued (for ``status``)."""
+        if not self.queued(gen):
+            return None
+        if gen.spec.name in self._for_template:
+            return "waiting for its environment's template to start"
+        return "waiting for a start slot"
 
     def take(
         self, free: int, *, wanted: Callable[[Generation], bool]
@@ -123,7 +133,9 @@ class Starts:
             )  # fmt: skip
         except warm.NotReady:
             self._queued.setdefault(name, (gen, env))
+            self._for_template.add(name)
             return None
+        self._for_template.discard(name)
         self._pool.submit(self._wait_ready, name, gen.serial, server)
         return server
 

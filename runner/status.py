@@ -71,7 +71,7 @@ def describe(
     loc: Location,
     *,
     file: str,
-    waiting_to_start: bool,
+    waiting_to_start: str | None,
     build_progress: str | None,
     env_path: Callable[[str], Path],
     resolution: Callable[[str], Resolution | None] = lambda key: None,
@@ -84,8 +84,8 @@ def describe(
     error = loc.error or (cur.load_error if alive and cur is not None else None)
     progress = None
     if nxt is not None:
-        if waiting_to_start:
-            state, progress = "starting", "waiting for a start slot"
+        if waiting_to_start:  # why its queued start waits
+            state, progress = "starting", waiting_to_start
         elif nxt.server is None:
             state, progress = "building-env", build_progress
         else:
@@ -122,7 +122,7 @@ def rows(
     file_of: Callable[[Location], str],
     env_path: Callable[[str], Path],
     resolution: Callable[[str], Resolution | None],
-    waiting_to_start: Callable[[Location], bool],
+    waiting_to_start: Callable[[Location], str | None],
     build_progress: Callable[[str], str | None],
     retiring: Iterable[Generation],
     ignored: Mapping[str, str],

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Environments built at once (each uv build uses the network and a core).
 PARALLEL_BUILDS = 2
-#: Servers starting at once (see :func:`lifecycle.free_start_slots`).
+#: Cold starts at once; warm ones share these slots (see :func:`lifecycle.start_budget`).
 PARALLEL_STARTS = max(2, os.cpu_count() or 2)
 #: Seconds each server has to stop when the runner stops.
 SHUTDOWN_GRACE = 8.0
@@ -280,10 +280,15 @@ class Supervisor:
         now = self.clock()
         starting = [at for loc in self.locations.values()
                     if (at := lifecycle.starting(loc)) is not None]  # fmt: skip
-        free = lifecycle.free_start_slots(starting, now=now, slots=PARALLEL_STARTS)
-        for gen, env in self.starts.take(
-            free, wanted=lambda gen: lifecycle.is_next(self.locations, gen)
-        ):
+        budget = lifecycle.start_budget(starting, now=now, slots=PARALLEL_STARTS)
+        least = lifecycle.start_cost(warm=self.starts.templates is not None)
+        for _ in range(len(self.starts)):  # each at most once: one that waits goes back in line
+            if budget < least:
+                break
+            taken = self.starts.take(1, wanted=lambda gen: lifecycle.is_next(self.locations, gen))
+            if not taken:
+                break
+            gen, env = taken[0]
             loc = self.locations[gen.spec.name]
             try:
                 server = self.starts.spawn(gen, env)
@@ -294,6 +299,7 @@ class Supervisor:
                                              keep_last_good=self.settings.keep_last_good,
                                              now=now))  # fmt: skip
                 continue
+            budget -= lifecycle.start_cost(server.start == "warm")
             self._used_envs.add(env.key)
             self._carry(lifecycle.spawned(loc, gen, server, now=now))
 
@@ -347,7 +353,7 @@ class Supervisor:
         return status.rows(
             self.locations.values(), file_of=self._file_of, env_path=self.store.path,
             resolution=self.store.resolution,
-            waiting_to_start=lambda loc: loc.next is not None and self.starts.queued(loc.next),
+            waiting_to_start=lambda loc: self.starts.waiting(loc.next) if loc.next else None,
             build_progress=self.builds.progress,
             retiring=[item.gen for item in self.retirements.items() if item.gen is not None],
             ignored=self.scanner.ignored, pending=self._pending, wall=lambda t: t + offset,

@@ -371,8 +371,13 @@ def test_a_ready_version_is_served_only_once_its_file_is_stable_at_it() -> None:
 
 
 def test_servers_start_a_few_at_a_time_and_a_hanging_one_gives_up_its_slot() -> None:
-    assert lifecycle.free_start_slots([], now=100.0, slots=2) == 2
-    assert lifecycle.free_start_slots([99.0], now=100.0, slots=2) == 1
-    assert lifecycle.free_start_slots([99.0, 98.0, 97.0], now=100.0, slots=2) == 0
+    per, cold = lifecycle.WARM_PER_SLOT, lifecycle.start_cost(warm=False)
+    assert cold == per and lifecycle.start_cost(warm=True) == 1
+    assert lifecycle.start_budget([], now=100.0, slots=2) == 2 * per
+    assert lifecycle.start_budget([(99.0, False)], now=100.0, slots=2) == per  # one cold
+    assert lifecycle.start_budget([(99.0, False)] * 3, now=100.0, slots=2) == 0
     hung = 100.0 - lifecycle.SLOT_HELD_FOR
-    assert lifecycle.free_start_slots([hung, 99.0], now=100.0, slots=2) == 1
+    assert lifecycle.start_budget([(hung, False), (99.0, False)], now=100.0, slots=2) == per
+    # Warm starts only load the file: several share a slot.
+    assert lifecycle.start_budget([(99.0, True)] * 3, now=100.0, slots=2) == 2 * per - 3
+    assert lifecycle.start_budget([(99.0, True)] * 2 * per, now=100.0, slots=2) == 0

@@ -149,19 +149,19 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
                           ready=ready)  # fmt: skip
 
     def state(loc: Location, **options: Any) -> tuple[str, str | None]:
-        options = {"waiting_to_start": False, "build_progress": None, **options}
+        options = {"waiting_to_start": None, "build_progress": None, **options}
         row = describe(loc, file="a.py", env_path=lambda key: Path("/envs") / key, **options)
         return row.state, row.progress
 
     assert state(Location("a", next=gen()), build_progress="resolved 9 packages") == (
         "building-env", "resolved 9 packages")  # fmt: skip
-    assert state(Location("a", next=gen()), waiting_to_start=True) == (
+    assert state(Location("a", next=gen()), waiting_to_start="waiting for a start slot") == (
         "starting", "waiting for a start slot")  # fmt: skip
     assert state(Location("a", next=gen(Up()))) == ("starting", None)
     assert state(Location("a", next=gen(Up(), ready=True))) == ("waiting-for-stable", None)
     assert state(Location("a", current=gen(Up(), ready=True))) == ("serving", None)
     broken = Location("a", current=gen(Up(), ready=True), error=error_info("a.py: boom"))
-    row = describe(broken, file="a.py", waiting_to_start=False, build_progress=None,
+    row = describe(broken, file="a.py", waiting_to_start=None, build_progress=None,
                    env_path=lambda key: Path("/envs") / key)  # fmt: skip
     assert (row.state, row.serving, row.pid, row.port) == ("failed", True, 42, 4000)
     assert "boom" in (row.error or "")
@@ -171,7 +171,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
 
     # A version that never loaded is not "last good serving".
     never = replace(gen(Up(), ready=True), load_error=error_info("SyntaxError"))
-    row = describe(Location("a", current=never), file="a.py", waiting_to_start=False,
+    row = describe(Location("a", current=never), file="a.py", waiting_to_start=None,
                    build_progress=None, env_path=lambda key: Path("/envs") / key)  # fmt: skip
     assert (row.state, row.serving, row.pid) == ("failed", False, 42)
     snap = read_back(row)
