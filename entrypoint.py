@@ -21,7 +21,8 @@ import time
 
 from runner import instance, paths, process
 from runner.cli import setup_logging
-from runner.workspace import ensure_exists, local_address
+from runner.lease import LEASE_NAME, Lease
+from runner.workspace import ensure_exists, local_address, without_servers
 
 log = logging.getLogger("entrypoint")
 
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     where.dagster_home.mkdir(parents=True, exist_ok=True)
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)  # for the roles, and for prepare() below
-    ensure_exists(where.workspace)
+    roles = ROLES if args.role == "all" else (args.role,)
+    if "runner" in roles and not Lease(where.dagster_home / LEASE_NAME).held():
+        without_servers(where.workspace)  # no runner serves the share now
+    else:
+        ensure_exists(where.workspace)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop while waiting below
     try:
         instance.prepare(where.instance_home)  # waits, retrying, for a database that is down
@@ -111,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    roles = ROLES if args.role == "all" else (args.role,)
     # The daemon goes first so it follows workspace.yaml before the runner writes to it.
     order = [r for r in ("daemon", "webserver", "runner") if r in roles]
     children: dict[str, object] = {}

@@ -83,6 +83,11 @@ class Lease:
         # container gives its processes the same pids again), is a previous runner.
         return holder.pid == self.mine.pid or not pid_alive(holder.pid)
 
+    def held(self) -> bool:
+        """Another runner, alive, holds the lease now."""
+        holder = self.holder()
+        return holder is not None and not self.free(holder)
+
     def acquire(self, stopping: threading.Event) -> bool:
         """Block until this runner holds the lease (``True``) or ``stopping`` is set."""
         said: str | None = None

@@ -157,6 +157,19 @@ def ensure_exists(path: Path) -> None:
         write_if_changed(path, render([]))
 
 
+def without_servers(path: Path) -> None:
+    """Keep only the user's static entries: the servers a previous runner published went
+    with it, and a webserver or daemon that starts before this runner's first publish would
+    try each of them (and log a stack trace per location). A broken static file leaves the
+    workspace as it is (the runner reports it)."""
+    try:
+        static = load_static(path.parent / STATIC_NAME)
+    except (ValueError, OSError):
+        ensure_exists(path)
+        return
+    write_if_changed(path, render([], static))
+
+
 @dataclass(frozen=True)
 class LocationStatus:
     name: str

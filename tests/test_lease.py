@@ -56,3 +56,16 @@ def test_a_previous_runner_with_this_very_pid_blocks_no_one(tmp_path: Path) -> N
     path = tmp_path / leases.LEASE_NAME
     Lease(path)._write()  # same host, same pid, another token, fresh heartbeat
     assert Lease(path).free(Lease(path).holder())
+
+
+def test_held_means_a_live_runner_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / leases.LEASE_NAME
+    assert not Lease(path).held()  # none
+    ghost = Lease(path)
+    ghost.mine = leases.Holder(**{**ghost.mine.__dict__, "pid": 2**22 + 12345})
+    ghost._write()
+    assert not Lease(path).held()  # its process is gone
+    other = Lease(path)
+    other.mine = leases.Holder(**{**other.mine.__dict__, "host": "elsewhere"})
+    other._write()
+    assert Lease(path).held()  # alive elsewhere: its servers are in the workspace

@@ -95,6 +95,8 @@ def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
             second.wait_loaded(name)
         print(f"restart: 3 locations LOADED {time.monotonic() - started:.1f}s after the start")
         assert "building env" not in second.log_text()  # environments were reused
+        # The webserver and the daemon did not try the first runner's servers.
+        assert "Error loading repository location" not in second.log_text()
         assert not set(servers) & set(second.server_pids("one"))  # no stale server
     second.assert_nothing_left()
 

@@ -62,3 +62,19 @@ def test_static_locations_are_named_as_dagster_names_them(tmp_path: Path) -> Non
         path.write_text(bad)
         with pytest.raises(ValueError, match=message):
             load_static(path)
+
+
+def test_a_start_with_no_runner_serving_keeps_only_the_static_entries(tmp_path: Path) -> None:
+    from runner.workspace import STATIC_NAME, load_static, without_servers
+
+    path, static = tmp_path / "workspace.yaml", tmp_path / STATIC_NAME
+    static.write_text("load_from:\n  - grpc_server: {host: other, port: 4000, location_name: r}\n")
+    path.write_text(render([Entry("gone", "127.0.0.1", 1)], load_static(static)))
+    without_servers(path)
+    assert yaml.safe_load(path.read_text())["load_from"] == [
+        {"grpc_server": {"host": "other", "port": 4000, "location_name": "r"}}
+    ]
+    static.write_text("load_from: [")  # broken: the runner reports it; nothing is dropped
+    path.write_text(before := render([Entry("gone", "127.0.0.1", 1)]))
+    without_servers(path)
+    assert path.read_text() == before
