@@ -16,11 +16,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 dagster \
  && mkdir -p /opt/dagster /var/lib/runner /var/cache/uv /app \
- && chown dagster:dagster /opt/dagster /var/lib/runner /var/cache/uv /app
+ && chown dagster:dagster /opt/dagster
 
 WORKDIR /app
-USER dagster
-ENV VIRTUAL_ENV=/app/.venv \
+# The entrypoint starts as root: the runner runs each location as a user of its own (ids
+# 20000-29999), and the webserver and the daemon run as dagster (uid 10001), as do the files
+# the runner writes on the share.
+ENV RUNNER_SERVICE_USER=dagster \
+    VIRTUAL_ENV=/app/.venv \
     PATH=/app/.venv/bin:$PATH \
     UV_CACHE_DIR=/var/cache/uv \
     UV_LINK_MODE=copy \
@@ -33,13 +36,13 @@ ENV VIRTUAL_ENV=/app/.venv \
     PYTHONUNBUFFERED=1
 
 # Dependencies first (a cached layer), then the code.
-COPY --chown=dagster:dagster pyproject.toml uv.lock ./
+COPY pyproject.toml uv.lock ./
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt PIP_CERT=/run/host-ca.crt; fi \
  && python3 -m venv /app/.venv \
  && /app/.venv/bin/pip install --quiet --no-cache-dir "uv>=0.13,<0.14" \
  && uv sync --frozen --no-dev --no-install-project --python /app/.venv/bin/python
-COPY --chown=dagster:dagster README.md entrypoint.py ./
-COPY --chown=dagster:dagster runner ./runner
+COPY README.md entrypoint.py ./
+COPY runner ./runner
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt; fi \
  && uv sync --frozen --no-dev --python /app/.venv/bin/python
 

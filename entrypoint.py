@@ -20,7 +20,7 @@ import threading
 import time
 
 from runner import instance, paths, process
-from runner.cli import setup_logging
+from runner.cli import isolation_of, setup_logging
 from runner.lease import LEASE_NAME, Lease
 from runner.workspace import ensure_exists, local_address, without_servers
 
@@ -87,13 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)  # for the roles, and for prepare() below
     roles = ROLES if args.role == "all" else (args.role,)
+    isolation = isolation_of(os.environ)  # stops here if RUNNER_ISOLATION=user cannot be had
+    owner = paths.share_owner()
+    if owner is not None:  # the webserver and the daemon write here as the service's user
+        for folder in {where.dagster_home, where.instance_home}:
+            os.chown(folder, *owner, follow_symlinks=False)
     if "runner" in roles and not Lease(where.dagster_home / LEASE_NAME).held():
         without_servers(where.workspace)  # no runner serves the share now
     else:
         ensure_exists(where.workspace)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop while waiting below
+    shared = paths.service_identity() if isolation.on else None
     try:
-        instance.prepare(where.instance_home)  # waits, retrying, for a database that is down
+        # Waits, retrying, for a database that is down.
+        instance.prepare(where.instance_home, shared_with=shared)
     except KeyboardInterrupt:
         log.info("stopped while waiting for the Dagster instance")
         return 130
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("DAGSTER_WEBSERVER_URL", webserver_url(args))
     env["PYTHONUNBUFFERED"] = "1"
     env["RUNNER_LOG_FORMAT"] = args.log_format
+    if isolation.on:  # the webserver and the daemon act on it too
+        env["RUNNER_ISOLATION"] = "user"
     if args.metrics:
         env["RUNNER_METRICS"] = args.metrics
 
@@ -120,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     order = [r for r in ("daemon", "webserver", "runner") if r in roles]
     children: dict[str, object] = {}
     for role in order:
-        children[role] = process.spawn(role_command(role, args, where), env=env)
-        log.info("started %s (pid %d)", role, children[role].pid)
+        as_service = owner if role != "runner" else None  # the runner switches users itself
+        children[role] = process.spawn(role_command(role, args, where), env=env, user=as_service,
+                                       groups=[g for g in os.getgroups() if g != 0])  # fmt: skip
+        who = f", uid {owner[0]}" if as_service else ""
+        log.info("started %s (pid %d%s)", role, children[role].pid, who)
     if "webserver" in roles:
         log.info("Dagster UI: http://%s:%d", args.host, args.port)
     log.info("drop PEP 723 files into %s", where.code_dir)

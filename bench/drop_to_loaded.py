@@ -1,6 +1,6 @@
 """Drop-to-loaded latency of the runner, next to a bare ``dagster api grpc`` start.
 
-    uv run bench/drop_to_loaded.py [--files N] [--starts warm,cold]
+    uv run bench/drop_to_loaded.py [--files N] [--modes warm/user,warm/none,cold/user,cold/none]
 
 Starts the whole service (webserver, daemon, runner) on a temporary share, warms the uv cache
 and one environment, then drops files one at a time and times each from the moment the file
@@ -9,9 +9,10 @@ is in place to the moment GraphQL reports its location LOADED, as the UI would s
   - "new env":  files with new metadata (a new environment, built from the warm uv cache).
 The baseline, in the same run and environment: a bare ``dagster api grpc`` process, from
 spawn to answering a ping (and to having loaded the file), and the same started through the
-runner's boot script (its Reload and dropped-definitions hooks). Each server start mode
-(warm: forked from a template; cold) is measured on its own service; also prints the memory
-(PSS, RSS) of one location's server at rest.
+runner's boot script (its Reload and dropped-definitions hooks). Each mode is measured on a
+service of its own: how servers start (warm: forked from a template; cold) and who locations
+run as (user: a user of their own, as root; none: the runner's user, RUNNER_ISOLATION=none).
+Also prints the memory (PSS, RSS) of one location's server at rest.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ def time_to_loaded(service: Service, path: Path, text: str) -> float:
     return time.perf_counter() - dropped
 
 
-def measure(root: Path, starts: str, files: int) -> dict[str, Any]:
-    """The runner with RUNNER_STARTS=``starts``: drop files, time them, look at a server."""
-    service = Service(root / f"share-{starts}", root / "state", log=root / f"service-{starts}.log",
-                      env={"RUNNER_STARTS": starts})  # fmt: skip
+def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
+    """The runner in ``mode`` (``starts/isolation``): drop files, time them, look at a server."""
+    starts, isolation = mode.split("/")
+    share = root / f"share-{starts}-{isolation}"
+    share.mkdir()
+    share.chmod(0o755)
+    service = Service(share, root / "state", log=root / f"service-{starts}-{isolation}.log",
+                      env={"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation})  # fmt: skip
     try:
         wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
         code = service.code_dir
@@ -54,11 +59,12 @@ def measure(root: Path, starts: str, files: int) -> dict[str, Any]:
         first = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
         same = [time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
                 for i in range(files)]  # fmt: skip
-        meta = [f'# [tool.bench]\n# n = "{starts}{i}"\n' for i in range(files)]
+        meta = [f'# [tool.bench]\n# n = "{starts}{isolation}{i}"\n' for i in range(files)]
         new = [time_to_loaded(service, code / f"new_{i}.py", script([f"n_{i}"], extra_meta=m))
                for i, m in enumerate(meta)]  # fmt: skip
         log = service.log_text()
-        pids = [int(p) for p in re.findall(r"serving same_\d+ on port \d+ \(pid (\d+)\)", log)]
+        serving = r"serving same_\d+ on (?:port \d+|socket \S+) \(pid (\d+)\)"
+        pids = [int(p) for p in re.findall(serving, log)]
         time.sleep(2)  # at rest
         memory = [psutil.Process(pid).memory_full_info() for pid in pids]
         python = Path(psutil.Process(pids[0]).cmdline()[0])
@@ -72,12 +78,14 @@ def measure(root: Path, starts: str, files: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5, help="files per case (default 5)")
-    parser.add_argument("--starts", default="warm,cold", help="modes to measure (RUNNER_STARTS)")
+    parser.add_argument("--modes", default="warm/user,warm/none,cold/user,cold/none",
+                        help="RUNNER_STARTS/RUNNER_ISOLATION pairs to measure")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
-        runs = {mode: measure(root, mode, args.files) for mode in args.starts.split(",")}
+        root.chmod(0o711)  # locations' users pass through to their environments and files
+        runs = {mode: measure(root, mode, args.files) for mode in args.modes.split(",")}
         python, file = next(iter(runs.values()))["python"], root / "bare.py"
         file.write_text(script(["number_0"]))
         bare, booted = [], []

@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        Path(tmp).chmod(0o711)  # locations' users pass through to their environments and files
         runs = {mode: measure(Path(tmp), mode, args.swaps) for mode in args.starts.split(",")}
         first = next(iter(runs.values()))
         bare = [bare_start(first["python"], first["path"]).ping for _ in range(5)]

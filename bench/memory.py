@@ -104,6 +104,7 @@ def main() -> None:
     results = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            Path(tmp).chmod(0o711)  # locations' users pass through to their files
             for mode in modes:
                 if original is not None:
                     ksm_set("1" if mode == "warm+ksm" else "0")

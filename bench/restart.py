@@ -45,6 +45,7 @@ def main() -> None:
     names = [f"loc_{i}" for i in range(args.files)]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
+        root.chmod(0o711)  # locations' users pass through to their environments and files
         code = root / "share" / "code_location"
         code.mkdir(parents=True)
         for i, name in enumerate(names):

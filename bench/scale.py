@@ -234,7 +234,8 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         time.sleep(20)  # let start-up garbage settle
         procs = tree([entry])
         rest = at_rest(procs, is_runner_server)
-        started = re.findall(r"starting (\S+) on port \d+ \(pid (\d+)", service.log_text())
+        starting = r"starting (\S+) on (?:port \d+|socket \S+) \(pid (\d+)"
+        started = re.findall(starting, service.log_text())
         pythons = {name: Path(psutil.Process(int(pid)).cmdline()[0])
                    for name, pid in started if psutil.pid_exists(int(pid))}  # fmt: skip
 
@@ -414,6 +415,7 @@ def main() -> None:
     sets = dependency_sets(args.sets)
     files = {f"loc_{i:03d}": pipeline(i, sets[i % args.sets]) for i in range(args.files)}
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    root.chmod(0o711)  # locations' users pass through to their environments and files
     try:
         print(f"warming the uv cache ({args.sets} dependency sets)", file=sys.stderr)
         warm = warm_uv_cache(root, [pipeline(i, s) for i, s in enumerate(sets)])

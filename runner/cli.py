@@ -8,12 +8,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from . import container_runs, instance, limits, location_env, paths
+from . import container_runs, identity, instance, limits, location_env, paths, process
 
 log = logging.getLogger("runner")
 
@@ -69,12 +70,19 @@ def _serve(args: argparse.Namespace) -> None:
     where.dagster_home.mkdir(parents=True, exist_ok=True)
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
+    isolation, service = isolation_of(os.environ), _service()
+    state = paths.state_dir()
+    if isolation.on:
+        _prepare_state(state)
+        log.info("%s", isolation.describe())
+    else:
+        log.warning("%s", isolation.describe())
     # Before any code server opens the instance; and what every environment needs to open it.
-    ready = instance.prepare(where.instance_home)
+    ready = instance.prepare(where.instance_home, shared_with=service if isolation.on else None)
     settings = Settings(
         code_dir=where.code_dir,
         workspace_path=where.workspace,
-        state_dir=paths.state_dir(),
+        state_dir=state,
         webserver_url=args.webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None,
         host=args.host,
         advertise_host=args.advertise_host,
@@ -92,7 +100,16 @@ def _serve(args: argparse.Namespace) -> None:
         pass_env=tuple(location_env.pass_env_patterns()),
         container_runs=_container_runs(ready.launcher),
         warm_starts=args.starts == "warm",
+        isolation=isolation,
+        service=service,
     )
+    from . import server
+
+    if settings.use_sockets and not server.socket_fits(state / "servers"):
+        raise SystemExit(
+            f"runner: RUNNER_STATE_DIR ({state}) is too long for the code servers' Unix "
+            f"sockets (at most {server.SOCKET_PATH_MAX} bytes in all)"
+        )
     lease = Lease(where.dagster_home / LEASE_NAME)
     supervisor = Supervisor(settings, lease=lease)
     if args.metrics:
@@ -113,11 +130,73 @@ def _serve(args: argparse.Namespace) -> None:
 
     if not lease.acquire(supervisor.stop_requested):
         return  # stopped while waiting as a standby
+    fence = _fence(settings, args.metrics)
     try:
         with watch(settings.code_dir, supervisor.changed, supervisor.written, mode=args.watch):
             supervisor.run()
     finally:
+        if fence is not None:
+            fence.open()
         lease.release()
+
+
+def isolation_of(environ: Mapping[str, str]) -> identity.Isolation:
+    """``RUNNER_ISOLATION`` and ``RUNNER_UID_RANGE`` against what this process may do; a bad
+    setting, or ``user`` where it cannot be had, stops at once with the reason."""
+    try:
+        ids = identity.IdRange.parse(environ.get("RUNNER_UID_RANGE") or identity.DEFAULT_RANGE)
+        return identity.decide(
+            environ.get("RUNNER_ISOLATION"), ids=ids, euid=os.geteuid(),
+            effective=identity.read_effective_caps(), setpriv=process.can_set_user(),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+
+
+def _fence(settings: Any, metrics: str | None) -> Any:
+    """Close the service's TCP ports to the locations' users (see :mod:`fence`), saying
+    what stays open where it cannot."""
+    if not settings.isolated:
+        return None
+    from .fence import Fence, local_port_range, targets
+
+    wanted = targets(
+        webserver_url=settings.webserver_url, metrics=metrics,
+        servers_on_tcp=not settings.use_sockets, local_ports=local_port_range(),
+    )  # fmt: skip
+    fence = Fence(wanted, settings.isolation.ids.locations)
+    why = fence.close()
+    if why:
+        log.warning("%s", why)
+    return fence
+
+
+def _service() -> tuple[int, int]:
+    try:
+        return paths.service_identity()
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"runner: {exc}") from None
+
+
+def _prepare_state(state: Path) -> None:
+    """The state folder as locations' users need it: they pass through it to their
+    environment, scratch and server folders, and list none of it; the runner's own parts
+    stay closed. Stops, saying why, where a folder above it or the runner's boot scripts
+    are closed to them."""
+    from . import tenancy
+    from .server import BOOT
+
+    tenancy.runner_folder(state)
+    for part, mode in (("work", 0o711), ("servers", 0o711), ("runs", 0o711), ("last-good", 0o700)):
+        tenancy.runner_folder(state / part, mode=mode)
+    probe = identity.Identity(2**31, 2**31)  # no owner, no group: any location's user
+    why = tenancy.blocked(state, probe, want="x") or tenancy.readable_code(BOOT, probe)
+    if why:
+        raise SystemExit(
+            f"runner: locations run as users of their own, who cannot reach what they need: "
+            f"{why}. Choose a RUNNER_STATE_DIR (and install the runner) where every user may "
+            "pass, or set RUNNER_ISOLATION=none"
+        )
 
 
 def _container_runs(kind: container_runs.Kind) -> container_runs.ContainerRuns | None:
@@ -148,6 +227,8 @@ def _daemon(args: argparse.Namespace) -> None:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
     ensure_exists(where.workspace)
+    if os.environ.get("RUNNER_ISOLATION") == "user":
+        instance.share_new_sqlite_files()
     daemon.run(where.workspace, log_format=args.log_format)
 
 
@@ -157,6 +238,8 @@ def _webserver(args: argparse.Namespace) -> None:
     from . import reload
 
     reload.patch()
+    if os.environ.get("RUNNER_ISOLATION") == "user":
+        instance.share_new_sqlite_files()
     webserver(
         args=args.options, prog_name="dagster-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER"
     )

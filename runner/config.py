@@ -7,9 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import location_env
+from . import location_env, trust
 from .container_runs import ContainerRuns
+from .identity import Isolation
 from .starts import ServerOptions
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,20 @@ class Settings:
     container_runs: ContainerRuns | None = None
     #: Fork code servers from a template per environment (see :mod:`warm`); False: cold.
     warm_starts: bool = True
+    #: Who locations run as (see :mod:`identity`); None: the runner's own user.
+    isolation: Isolation | None = None
+    #: The user and group of the webserver and the daemon (RUNNER_SERVICE_USER).
+    service: tuple[int, int] = (0, 0)
+
+    @property
+    def isolated(self) -> bool:
+        return self.isolation is not None and self.isolation.on
+
+    @property
+    def use_sockets(self) -> bool:
+        """Servers listen on Unix sockets, reachable by the service's roles only, when
+        locations run as users of their own and every role is on this machine."""
+        return self.isolated and self.advertise_host is None and self.host in LOOPBACK
 
     @property
     def home(self) -> Path:
@@ -66,4 +83,7 @@ class Settings:
             inherited=location_env.inherited(os.environ, also=also),
             log_format=self.server_log_format, start_timeout=self.start_timeout,
             container_runs=self.container_runs, warm_starts=self.warm_starts,
+            isolation=self.isolation, service_gid=self.service[1], use_sockets=self.use_sockets,
+            trusted_indexes=trust.service_indexes(os.environ),
+            outputs=self.home / "storage" / "locations" if self.isolated else None,
         )  # fmt: skip

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .identity import Identity
 from .limits import RunLimits
 
 Kind = Literal["local", "docker", "k8s"]
@@ -101,21 +102,30 @@ class ContainerRuns:
             )
         return None
 
-    def server_args(self, location: str, limits: RunLimits) -> list[str]:
+    def server_args(
+        self, location: str, limits: RunLimits, *, user: Identity | None = None
+    ) -> list[str]:
         """The ``dagster api grpc`` options that carry a location's run settings."""
         if self.kind == "local":
             return []
-        context = container_context(self, location, limits.over(self.defaults))
+        context = container_context(self, location, limits.over(self.defaults), user=user)
         args = ["--use-python-environment-entry-point", "--container-context", json.dumps(context)]
         if self.image:
             args += ["--container-image", self.image]
         return args
 
 
-def container_context(runs: ContainerRuns, location: str, limits: RunLimits) -> dict[str, Any]:
-    """The container context of a location's runs, as the launcher of ``runs.kind`` reads it."""
+def container_context(
+    runs: ContainerRuns, location: str, limits: RunLimits, *, user: Identity | None = None
+) -> dict[str, Any]:
+    """The container context of a location's runs, as the launcher of ``runs.kind`` reads it.
+    ``user``: the location's identity, which its run containers run as, with no capability
+    and no way to gain one."""
     if runs.kind == "docker":
         kwargs: dict[str, Any] = {"labels": {LOCATION_LABEL: location}}
+        if user is not None:
+            kwargs.update(user=f"{user.uid}:{user.gid}", group_add=[], cap_drop=["ALL"],
+                          security_opt=["no-new-privileges"])  # fmt: skip
         if runs.volumes:
             kwargs["volumes"] = [f"{v.source}:{v.path}" for v in runs.volumes]
         if runs.volumes_from:
@@ -149,6 +159,11 @@ def container_context(runs: ContainerRuns, location: str, limits: RunLimits) -> 
         }
         if amounts:  # requests = limits: the scheduler places the pod where they fit
             k8s["resources"] = {"limits": amounts, "requests": dict(amounts)}
+        if user is not None:
+            k8s["security_context"] = {
+                "run_as_user": user.uid, "run_as_group": user.gid, "run_as_non_root": True,
+                "allow_privilege_escalation": False, "capabilities": {"drop": ["ALL"]},
+            }  # fmt: skip
         return {"k8s": k8s}
     return {}
 
@@ -187,14 +202,22 @@ def run_env_file(state_dir: Path, location: str) -> Path:
     return state_dir / "runs" / f"{location}.json"
 
 
-def write_run_env(path: Path, env: Mapping[str, str], cwd: Path) -> None:
+def write_run_env(
+    path: Path, env: Mapping[str, str], cwd: Path, *, user: Identity | None = None
+) -> None:
     """Keep what a location's runs see (its server's variables and folder) for ``boot/run.py``;
-    only the runner's user may read it: it holds the location's secrets."""
+    only the runner's user, or the location's own (``user``), may read it: it holds the
+    location's secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    own = {"HOME": str(cwd), "TMPDIR": str(cwd / "tmp"), "USER": user.user,
+           "LOGNAME": user.user} if user else {}  # fmt: skip
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"env": dict(env), "cwd": str(cwd)}, f)
+        if user is not None:
+            os.fchown(f.fileno(), user.uid, user.gid)
+        json.dump({"env": {**env, **own}, "cwd": str(cwd)}, f)
     os.replace(tmp, path)
 
 

@@ -41,11 +41,13 @@ def entries(
             resolved = resolution(current.env.key)
             out.append(Entry(loc.name, host, current.server.port, broken, file,
                              current.server.server_id, warning,
-                             resolved.describe() if resolved else ""))  # fmt: skip
+                             resolved.describe() if resolved else "",
+                             current.server.socket or ""))  # fmt: skip
             if shown is not None:
                 out.append(Entry(loc.name + FAILED_SUFFIX, host, shown.port, True, file,
-                                 shown.server_id))  # fmt: skip
+                                 shown.server_id, socket=shown.socket or ""))  # fmt: skip
         elif shown is not None:
             name = loc.name + (COLLISION_SUFFIX if loc.name in static_names else "")
-            out.append(Entry(name, host, shown.port, True, file_of(loc), shown.server_id))
+            out.append(Entry(name, host, shown.port, True, file_of(loc), shown.server_id,
+                             socket=shown.socket or ""))  # fmt: skip
     return sorted(out)

@@ -137,8 +137,10 @@ class Env:
 class EnvStore:
     """A directory of built environments, owned by the runner, outside the share."""
 
-    def __init__(self, root: Path, *, uv_bin: str | None = None) -> None:
+    def __init__(self, root: Path, *, uv_bin: str | None = None, for_others: bool = False) -> None:
         self.root = root
+        #: Its environments are run by other users (locations'): only their interpreters.
+        self.for_others = for_others
         self.uv_bin = uv_bin or uv.find_uv_bin()
         self.root.mkdir(parents=True, exist_ok=True)
         self._running: set[subprocess.Popen] = set()
@@ -151,7 +153,16 @@ class EnvStore:
     def get(self, spec: EnvSpec) -> Env | None:
         """The built environment for ``spec``, or ``None`` if it is not built yet."""
         path = self.path(spec.key)
-        return Env(spec.key, path) if (path / "pyvenv.cfg").exists() else None
+        if not (path / "pyvenv.cfg").exists():
+            return None
+        env = Env(spec.key, path)
+        if self.for_others and (why := pythons.closed_to_others(str(env.python.parent))):
+            # Built before locations ran as users of their own, with a Python they cannot run.
+            log.warning("env %s: rebuilding it, its interpreter is closed to the locations' "
+                        "users: %s", spec.short, why)  # fmt: skip
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        return env
 
     def script_path(self, key: str) -> Path:
         """A metadata-only copy of the script: what ``uv sync --script`` reads."""
@@ -191,7 +202,7 @@ class EnvStore:
         meta_script.parent.mkdir(parents=True, exist_ok=True)
         meta_script.write_text(script.render_block(spec.metadata))
         staging = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
-        env = _uv_env(self.root.parent / "python")
+        env = _uv_env(self.root.parent / "python", for_others=self.for_others)
         started = time.monotonic()
         try:
             final = self._build(spec, meta_script, staging, env, progress, refresh)
@@ -313,7 +324,8 @@ class EnvStore:
             listed = "[]"
         raise BuildError(
             pythons.missing_message(
-                wanted, pythons.installed_versions(listed), downloads=downloads, why=why
+                wanted, pythons.installed_versions(listed), downloads=downloads, why=why,
+                closed=pythons.closed_interpreters(os.environ) if self.for_others else [],
             ),
             transient=False,
         ) from None
@@ -332,6 +344,7 @@ class EnvStore:
         proc = process.spawn(
             [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if streamed else subprocess.PIPE,
+            umask=0o022 if self.for_others else -1,  # others run what it installs
         )  # fmt: skip
         with self._lock:
             self._running.add(proc)
@@ -422,12 +435,12 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _uv_env(python_dir: Path) -> dict[str, str]:
+def _uv_env(python_dir: Path, *, for_others: bool = False) -> dict[str, str]:
     """uv's environment: interpreters of version managers findable, downloads (uv's default,
     unless ``UV_PYTHON_DOWNLOADS=never``) kept in the runner's state."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
-    env["PATH"] = pythons.search_path(env)
+    env["PATH"] = pythons.search_path(env, for_others=for_others)
     env.setdefault("UV_PYTHON_INSTALL_DIR", str(python_dir))
     env["UV_COMPILE_BYTECODE"] = "1"
     env["NO_COLOR"] = "1"

@@ -16,6 +16,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from dagster._grpc.__generated__ import dagster_api_pb2
@@ -25,6 +27,8 @@ from dagster._grpc.__generated__.dagster_api_pb2_grpc import (
 )
 from dagster._serdes import serialize_value
 from dagster._utils.error import SerializableErrorInfo
+
+from . import tenancy
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +78,16 @@ class ErrorServer:
 
     def __init__(
         self, location: str, error: SerializableErrorInfo, *, host: str,
-        on_reload: Callable[[], None] = lambda: None,
+        on_reload: Callable[[], None] = lambda: None, sockets: Sockets | None = None,
     ) -> None:  # fmt: skip
         self.location = location
         self.error = error
         self.host = host
         self.pid = os.getpid()  # served in the runner's own process
         self.start = "in-process"
-        self.server_id = f"{location}-error-{uuid.uuid4().hex[:12]}"
+        self.user = None
+        short = uuid.uuid4().hex[:12]
+        self.server_id = f"{location}-error-{short}"
         self._reload = threading.Event()
 
         def reload() -> None:
@@ -92,10 +98,23 @@ class ErrorServer:
         add_DagsterApiServicer_to_server(
             _Servicer(serialize_value(error), self.server_id, reload), self._server
         )
-        self.port = self._server.add_insecure_port(f"{host}:0")
-        if not self.port:
-            raise OSError(f"cannot bind an error server on {host}")
+        self.socket: str | None = None
+        self._folder: Path | None = None
+        if sockets is not None:
+            self._folder = sockets.folder(short)
+            self.socket = str(self._folder / "grpc.sock")
+            if not self._server.add_insecure_port(f"unix:{self.socket}"):
+                raise OSError(f"cannot bind an error server on {self.socket}")
+            self.port = 0
+        else:
+            self.port = self._server.add_insecure_port(f"{host}:0")
+            if not self.port:
+                raise OSError(f"cannot bind an error server on {host}")
         self._server.start()
+
+    @property
+    def where(self) -> str:
+        return f"socket {self.socket}" if self.socket else f"port {self.port}"
 
     def reload_requested(self) -> bool:
         """The UI's Reload asked for the file again (once per request)."""
@@ -111,6 +130,22 @@ class ErrorServer:
 
     def stop(self, *, grace: float = 0) -> None:
         self._server.stop(grace=0).wait(timeout=5)
+        if self._folder is not None:
+            tenancy.remove(self._folder)
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """Where error servers listen: a folder each below ``root``, the runner's, entered by
+    the service's group only."""
+
+    root: Path
+    service_gid: int
+
+    def folder(self, name: str) -> Path:
+        tenancy.runner_folder(self.root)
+        return tenancy.owned_folder(self.root / name, uid=os.getuid(), gid=self.service_gid,
+                                    mode=0o2750)  # fmt: skip
 
 
 class ErrorServers:
@@ -122,9 +157,11 @@ class ErrorServers:
     """
 
     def __init__(
-        self, *, host: str, retire: Callable[[ErrorServer], None], on_reload: Callable[[], None]
-    ) -> None:
+        self, *, host: str, retire: Callable[[ErrorServer], None], on_reload: Callable[[], None],
+        sockets: Sockets | None = None,
+    ) -> None:  # fmt: skip
         self.host = host
+        self._sockets = sockets
         self._retire = retire
         self._on_reload = on_reload
         self._shown: dict[str, ErrorServer] = {}
@@ -147,7 +184,8 @@ class ErrorServers:
                 continue
             try:
                 self._shown[name] = ErrorServer(name, error, host=self.host,
-                                                on_reload=self._on_reload)  # fmt: skip
+                                                on_reload=self._on_reload,
+                                                sockets=self._sockets)  # fmt: skip
                 self._unshown.pop(name, None)
             except OSError as exc:
                 self._unshown[name] = error

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import tenancy
 from .container_runs import Kind, launcher_kind
 
 if TYPE_CHECKING:
@@ -37,9 +38,13 @@ class Ready:
     packages: tuple[str, ...]
     #: Where its run launcher starts runs: ``local`` (processes), ``docker`` or ``k8s``.
     launcher: Kind = "local"
+    #: Its storage is SQLite files below ``home`` (which every run writes).
+    sqlite: bool = False
 
 
-def prepare(home: Path, *, retry_for: float = float("inf")) -> Ready:
+def prepare(
+    home: Path, *, retry_for: float = float("inf"), shared_with: tuple[int, int] | None = None
+) -> Ready:
     """Create and migrate the instance's storage once, before several processes open it.
 
     With SQLite, the webserver, the daemon and every code server (Dagster's code server opens
@@ -47,14 +52,19 @@ def prepare(home: Path, *, retry_for: float = float("inf")) -> Ready:
     concurrent schema stamping can leave the storage unusable ("more than one head"). A
     database that cannot be reached is reported in one line and retried with backoff.
 
+    ``shared_with``: locations run as users of their own, and the service's roles as this
+    (uid, gid): what every run writes in ``home`` is opened to them (``tenancy``).
     """
     started, delay = time.monotonic(), 1.0
     while True:
         try:
             with _exclusive(home), open_instance(home) as instance:
                 instance.get_runs(limit=1)
-                ready = Ready(storage_packages(instance), launcher_kind(instance.run_launcher))
                 storage = type(instance.run_storage).__name__
+                ready = Ready(storage_packages(instance), launcher_kind(instance.run_launcher),
+                              sqlite=storage.startswith("Sqlite"))  # fmt: skip
+                if shared_with is not None:
+                    tenancy.share_instance(home, service=shared_with, sqlite=ready.sqlite)
                 log.info("instance ready in %s (%s, runs: %s, %.1fs)", home, storage,
                          ready.launcher, time.monotonic() - started)  # fmt: skip
                 return ready
@@ -109,3 +119,20 @@ def _database_where() -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def share_new_sqlite_files() -> None:
+    """In the webserver and the daemon, where locations run as users of their own: the SQLite
+    files they create (a run's event log, as the run is queued) are writable by the runs of
+    every location, as the ones :func:`prepare` opened (SQLite creates files with mode 0644).
+    Leans on ``SqliteEventLogStorage._initdb``, which runs before a shard is first opened."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    initdb = SqliteEventLogStorage._initdb
+
+    def _initdb(self: SqliteEventLogStorage, engine, for_index_shard: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if engine.url.database:
+            tenancy.create_shared(engine.url.database)
+        initdb(self, engine, for_index_shard)
+
+    SqliteEventLogStorage._initdb = _initdb  # type: ignore[method-assign]

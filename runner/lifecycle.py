@@ -247,7 +247,7 @@ def env_done(
 
 def spawned(loc: Location, gen: Generation, server: Served, *, now: float) -> Step:
     """``gen``'s server was started; it is awaited."""
-    text = f"starting {loc.name} on port {server.port} (pid {server.pid}, {server.start})"
+    text = f"starting {loc.name} on {server.where} (pid {server.pid}, {server.start}{_as(server)})"
     return _step(replace(loc, next=replace(gen, server=server, spawned=now)),
                  Say(logging.INFO, text))  # fmt: skip
 
@@ -283,6 +283,10 @@ def answered(
 Promotion = Literal["last-good", "file", "wait"]
 
 
+def _as(server: Served) -> str:
+    return f", as uid {server.user.uid}" if server.user is not None else ""
+
+
 def promotion(*, ready: bool, last_good: bool, generation: str, stable: str | None) -> Promotion:
     """Whether a ready generation becomes what the workspace points at.
 
@@ -309,7 +313,7 @@ def promote(loc: Location, *, stable: str | None, now: float) -> Step:
         return _step(loc)
     assert gen.server is not None
     old = (Retire(loc.current),) if loc.current is not None else ()
-    where = f"on port {gen.server.port} (pid {gen.server.pid})"
+    where = f"on {gen.server.where} (pid {gen.server.pid})"
     if how == "last-good":  # the file's own version stays failed, and shown beside it
         text = f"serving {loc.name} {where}, the last good version again"
         loc = replace(loc, current=gen, next=None, retry_digest=None, retry_at=None)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -110,9 +113,50 @@ def export_instance_env(where: Layout) -> None:
 
 
 def state_dir() -> Path:
-    """The runner's own files (built environments), never on the share."""
+    """The runner's own files (built environments), never on the share: ``RUNNER_STATE_DIR``;
+    else, for root (whose locations run as users of their own, who cannot enter ``/root``),
+    ``/var/lib/dagster-code-runner``, and ``~/.cache/dagster-code-runner`` for anyone else."""
     explicit = os.environ.get("RUNNER_STATE_DIR")
     if explicit:
         return Path(explicit).resolve()
+    if os.geteuid() == 0 and os.environ.get("RUNNER_ISOLATION", "").lower() != "none":
+        return Path("/var/lib/dagster-code-runner")
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "dagster-code-runner"
+
+
+def parse_user(text: str) -> tuple[int, int]:
+    """``NAME``, ``UID`` or ``UID:GID`` (a name's gid is its primary group)."""
+    user, _, group = text.strip().partition(":")
+    try:
+        entry = pwd.getpwnam(user) if not user.isdigit() else None
+    except KeyError:
+        raise ValueError(f"RUNNER_SERVICE_USER: no user named {user!r}") from None
+    uid = entry.pw_uid if entry else int(user)
+    if group:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    elif entry:
+        gid = entry.pw_gid
+    else:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    return uid, gid
+
+
+def service_identity(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """The user and group of the webserver and the daemon: ``RUNNER_SERVICE_USER``, else this
+    process's own. Their group may enter every code server's socket folder."""
+    text = environ.get("RUNNER_SERVICE_USER", "").strip()
+    return parse_user(text) if text else (os.getuid(), os.getgid())
+
+
+def share_owner() -> tuple[int, int] | None:
+    """Who the files the runner writes on the share belong to: the service's user when this
+    process is root and ``RUNNER_SERVICE_USER`` names another (the webserver and the daemon
+    read and write them), else ``None`` (this process's own)."""
+    if os.geteuid() != 0 or not os.environ.get("RUNNER_SERVICE_USER", "").strip():
+        return None
+    owner = service_identity()
+    return None if owner == (0, 0) else owner

@@ -15,16 +15,22 @@ from typing import Protocol
 from dagster._utils.error import SerializableErrorInfo
 
 from . import env as envs
+from .identity import Identity
 from .scan import Desired, LocationSpec, SpecError
 
 
 class Served(Protocol):
     """A process or in-process server that a workspace entry can point at."""
 
-    port: int
+    port: int  # 0 when it listens on ``socket``
+    socket: str | None  # the Unix socket it listens on, if it does
     server_id: str
     pid: int  # the process serving it (the runner's own, for an in-process error server)
     start: str  # how it started: "warm", "cold", or "cold: why" (see ``warm``)
+    user: Identity | None  # whom it runs as (None: the runner's own user)
+
+    @property
+    def where(self) -> str: ...  # "port 4242" or "socket /path"
 
     def exited(self) -> int | None: ...
 

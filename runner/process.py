@@ -52,13 +52,26 @@ def spawn(
     stdout: int | None = None,
     stderr: int | None = None,
     pass_fds: Sequence[int] = (),
+    user: tuple[int, int] | None = None,
+    groups: Sequence[int] = (),
+    umask: int = -1,
 ) -> subprocess.Popen:
     """Start ``argv`` as the leader of a new session that dies with its parent.
 
     Signal handlers do not survive exec, and the runner and the entrypoint handle SIGINT and
-    SIGTERM themselves, so children start with the default dispositions.
+    SIGTERM themselves, so children start with the default dispositions. ``user``: (uid, gid)
+    it runs as, with no supplementary groups and no capabilities in any set, never to gain
+    any (``no_new_privs``), and in the supplementary ``groups`` only; setpriv arms the
+    parent-death signal after the switch (a credential change clears it).
     """
     prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+    if user is not None:
+        if not _SETPRIV:
+            raise OSError("setpriv (util-linux) is needed to start a process as another user")
+        joined = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+        prefix = [_SETPRIV, "--reuid", str(user[0]), "--regid", str(user[1]), *joined, "--nnp",
+                  "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig", "KILL",
+                  "--"]  # fmt: skip
     return subprocess.Popen(
         [*prefix, *argv],
         env=dict(env) if env is not None else None,
@@ -69,6 +82,7 @@ def spawn(
         start_new_session=True,
         close_fds=True,
         pass_fds=tuple(pass_fds),
+        umask=umask,
     )
 
 
@@ -222,3 +236,8 @@ def stop(
         time.monotonic() - started,
     )
     return proc.returncode
+
+
+def can_set_user() -> bool:
+    """setpriv is there to start processes as other users."""
+    return _SETPRIV is not None

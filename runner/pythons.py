@@ -7,6 +7,10 @@ it, and versions that are not active are not on ``PATH`` at all. The runner hand
 ``PATH`` where shims are replaced by the real ``bin`` folders (the active version first, then
 every other installed one), so any installed version is found; downloads go to the runner's
 state folder unless ``UV_PYTHON_INSTALL_DIR`` says otherwise.
+
+Where locations run as users of their own, an interpreter they cannot run is no use (pyenv's
+live below ``/root``, which other users may not enter): ``for_others`` leaves out every
+folder of ``PATH`` closed to them, and the missing-Python message names what was left out.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ _MANAGERS = (
 )
 #: CPython 3.8 and newer by version number ("3.13.0", not "2.7.18", "3.11-dev" or "pypy"):
 #: an interpreter uv cannot inspect makes discovery fail instead of being skipped.
+_PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
 _VERSION = re.compile(r"^3\.([89]|[1-9]\d)(\.\d+)?[a-z0-9]*$")
 
 
-def search_path(environ: Mapping[str, str]) -> str:
-    """``PATH`` for uv: shims replaced by real interpreter folders, other versions appended."""
+def search_path(environ: Mapping[str, str], *, for_others: bool = False) -> str:
+    """``PATH`` for uv: shims replaced by real interpreter folders, other versions appended;
+    ``for_others``: only folders other users may list and enter."""
     parts = [p for p in environ.get("PATH", "").split(os.pathsep) if p]
     shims = [p for p in parts if Path(p).name == "shims"]
     active, others = _managed_bins(environ)
@@ -42,7 +48,37 @@ def search_path(environ: Mapping[str, str]) -> str:
             continue
         out.append(part)
     out += others if shims else active + others
+    if for_others:
+        out = [part for part in out if closed_to_others(part) is None]
     return os.pathsep.join(dict.fromkeys(out))
+
+
+def closed_to_others(folder: str) -> str | None:
+    """Why other users cannot use the interpreters in ``folder`` (``None``: they can): they
+    cannot enter it, or one of its ``python`` links leads where they cannot go (a virtual
+    environment of a Python below ``/root``)."""
+    from .identity import Identity
+    from .tenancy import blocked
+
+    anyone = Identity(2**31, 2**31)
+    why = blocked(Path(folder), anyone, want="rx")
+    if why is not None:
+        return why
+    try:
+        names = [e.name for e in os.scandir(folder) if _PYTHON.match(e.name)]
+    except OSError as exc:
+        return f"{folder} cannot be listed ({exc.strerror})"
+    for name in names:
+        if (why := blocked(Path(os.path.realpath(Path(folder) / name)), anyone, want="x")):
+            return f"{folder}/{name}: {why}"
+    return None
+
+
+def closed_interpreters(environ: Mapping[str, str]) -> list[str]:
+    """Interpreter folders of version managers that other users cannot enter, and why."""
+    active, others = _managed_bins(environ)
+    return [f"{folder} ({why})" for folder in [*active, *others]
+            if (why := closed_to_others(folder)) is not None]  # fmt: skip
 
 
 def _managed_bins(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -90,9 +126,16 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", version)[:3])
 
 
-def missing_message(wanted: str, versions: list[str], *, downloads: bool, why: str) -> str:
-    """One paragraph: what the file asks for, what is here, and what to do."""
+def missing_message(
+    wanted: str, versions: list[str], *, downloads: bool, why: str, closed: list[str] = ()
+) -> str:
+    """One paragraph: what the file asks for, what is here, and what to do. ``closed``:
+    interpreters left out as the locations' users cannot run them."""
     have = ", ".join(versions) if versions else "none"
+    if closed:
+        have += ("; left out, as the locations' users cannot run them: " + "; ".join(closed)
+                 + " (let other users pass through that folder, or install the Python "
+                 "elsewhere)")  # fmt: skip
     if downloads:
         return (
             f"no Python satisfying requires-python = {wanted!r} is installed here "

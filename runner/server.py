@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 import uuid
@@ -24,7 +25,8 @@ from dagster._grpc.types import GetCurrentRunsResult
 from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
-from . import process
+from . import process, tenancy
+from .identity import Identity
 from .workspace import local_address
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,12 @@ class CodeServer:
     python: Path
     file: Path
     host: str
-    port: int
+    port: int  # 0 when it listens on ``socket``
     server_id: str
     proc: process.Proc
     sidecar: Sidecar
+    socket: str | None = None  # the Unix socket it listens on (reachable by the service only)
+    user: Identity | None = None  # whom it runs as (None: the runner's own user)
     #: How it started: "warm" (forked by its environment's template) or "cold: why".
     start: str = "cold"
     started: float = field(default_factory=time.monotonic)
@@ -72,7 +76,13 @@ class CodeServer:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def where(self) -> str:
+        return f"socket {self.socket}" if self.socket else f"port {self.port}"
+
     def client(self) -> DagsterGrpcClient:
+        if self.socket:
+            return DagsterGrpcClient(socket=self.socket)
         return DagsterGrpcClient(port=self.port, host=local_address(self.host))
 
     def exited(self) -> int | None:
@@ -170,18 +180,28 @@ BOOT = Path(__file__).parent / "boot" / "codeserver.py"
 
 @dataclass(frozen=True)
 class Sidecar:
-    """Files a server and the runner talk through (in the runner's state, per server)."""
+    """The folder of one server in the runner's state: the files it and the runner talk
+    through, its socket. Named by a short id of its own, never after the location (a name
+    may be as long as a file system allows)."""
 
     folder: Path
-    server_id: str
 
     @property
     def reload_request(self) -> Path:
-        return self.folder / f"{self.server_id}.reload"
+        return self.folder / "reload"
 
     @property
     def load_report(self) -> Path:
-        return self.folder / f"{self.server_id}.json"
+        return self.folder / "load.json"
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "grpc.sock"
+
+    @property
+    def settings(self) -> Path:
+        """A FIFO through which a forked server gets its environment (see :mod:`warm`)."""
+        return self.folder / "settings"
 
     def reload_requested(self) -> bool:
         """The UI's Reload asked this server to reload its code (once per request)."""
@@ -200,8 +220,28 @@ class Sidecar:
         return [f"{item['kind']} {item['name']}" for item in report.get("ignored", [])]
 
     def remove(self) -> None:
-        self.reload_request.unlink(missing_ok=True)
-        self.load_report.unlink(missing_ok=True)
+        tenancy.remove(self.folder)
+
+
+#: The longest path a Unix socket may have (``sun_path`` holds 108 bytes with its NUL).
+SOCKET_PATH_MAX = 107
+
+
+def socket_fits(sidecars: Path) -> bool:
+    """A server's socket below ``sidecars`` fits in ``sun_path``."""
+    return len(os.fsencode(Sidecar(sidecars / ("x" * 12)).socket)) <= SOCKET_PATH_MAX
+
+
+@dataclass(frozen=True)
+class Request:
+    """A code server to start: its command line, environment and working directory, whom it
+    runs as, and its folder (see :class:`Sidecar`)."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    user: Identity | None
+    sidecar: Sidecar
 
 
 def start(
@@ -218,12 +258,22 @@ def start(
     run_args: Sequence[str] = (),
     run_entry_point: Sequence[str] | None = None,
     launch: Launch | None = None,
+    user: Identity | None = None,
+    service_gid: int | None = None,
+    use_socket: bool = False,
+    source: bytes | None = None,
 ) -> CodeServer:
-    """Spawn ``dagster api grpc`` for ``file`` on a fresh port; does not wait for it.
+    """Spawn ``dagster api grpc`` for ``file`` on a fresh port, or on a Unix socket in its
+    own folder (``use_socket``); does not wait for it.
 
-    ``launch`` starts the process from its command line, environment and working directory
-    and says how it started (e.g. forked by a template, see :mod:`warm`); by default it is
-    spawned cold.
+    ``launch`` starts the process from a :class:`Request` and says how it started (e.g.
+    forked by a template, see :mod:`warm`); by default it is spawned cold.
+
+    ``user``: the location's own identity. Its scratch folder and the server's folder are
+    then its own (the latter of the group ``service_gid``, whose roles reach the socket),
+    HOME and TMPDIR are in its scratch folder, and USER and LOGNAME name it (the id has no
+    passwd entry). ``source``: its user cannot read the share: serve a copy of ``file``
+    with these bytes, beside copies of its folder's modules, in the server's folder.
 
     It runs in ``workdir``, the location's scratch folder outside the share, so a run that
     writes a relative path writes there; ``--working-directory`` stays the file's folder, so
@@ -235,26 +285,37 @@ def start(
     ``run_args`` and ``run_entry_point`` say how its runs start in containers (see
     :mod:`container_runs`).
     """
-    port = free_port(host)
-    server_id = f"{location}-{uuid.uuid4().hex[:12]}"
-    sidecar = Sidecar(sidecars, server_id)
-    sidecars.mkdir(parents=True, exist_ok=True)
-    sidecar.remove()
-    workdir.mkdir(parents=True, exist_ok=True)
+    short = uuid.uuid4().hex[:12]
+    server_id = f"{location}-{short}"
+    sidecar = Sidecar(sidecars / short)
+    _folders(sidecar, workdir, user, service_gid)
+    if source is not None:
+        try:
+            readers = user.gid if user else os.getgid()
+            file = tenancy.copy_code(file, source, sidecar.folder / "code", readers=readers)
+        except BaseException:
+            sidecar.remove()
+            raise
+        folder = None
+    port = 0 if use_socket else free_port(host)
+    tcp = ["--host", host, "--port", str(port)]
+    listen = ["--socket", str(sidecar.socket)] if use_socket else tcp
     argv = [
         str(python), str(BOOT),
         "--python-file", str(file),
         "--working-directory", str(folder or file.parent),
-        "--host", host,
-        "--port", str(port),
+        *listen,
         "--location-name", location,
         "--lazy-load-user-code",
         "--fixed-server-id", server_id,
         "--log-format", log_format,
         *run_args,
     ]  # fmt: skip
+    own = {"HOME": str(workdir), "TMPDIR": str(workdir / "tmp"), "USER": user.user,
+           "LOGNAME": user.user} if user else {}  # fmt: skip
     env = {
         **env,
+        **own,
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "RUNNER_RELOAD_REQUEST": str(sidecar.reload_request),
@@ -263,7 +324,11 @@ def start(
     }
     if run_entry_point:
         env["RUNNER_RUN_ENTRY_POINT"] = json.dumps(list(run_entry_point))
-    proc, how = (launch or spawn_cold)(argv, env, workdir)
+    try:
+        proc, how = (launch or spawn_cold)(Request(argv, env, workdir, user, sidecar))
+    except BaseException:
+        sidecar.remove()
+        raise
     return CodeServer(
         location=location,
         python=python,
@@ -274,14 +339,39 @@ def start(
         proc=proc,
         sidecar=sidecar,
         start=how,
+        socket=str(sidecar.socket) if use_socket else None,
+        user=user,
     )
 
 
-#: Starts a server's process: (command line, environment, working directory) -> (the
-#: process, how it started).
-Launch = Callable[[Sequence[str], Mapping[str, str], Path], "tuple[process.Proc, str]"]
+def _folders(
+    sidecar: Sidecar, workdir: Path, user: Identity | None, service_gid: int | None
+) -> None:
+    """The server's own folder and its location's scratch folder, owned by its user."""
+    if user is None:
+        sidecar.folder.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return
+    for shared in (sidecar.folder.parent, workdir.parent):
+        tenancy.runner_folder(shared)
+    group = service_gid if service_gid is not None else os.getgid()
+    tenancy.owned_folder(sidecar.folder, uid=user.uid, gid=group, mode=0o2770)
+    tenancy.owned_folder(workdir, uid=user.uid, gid=user.gid, mode=0o700)
+    tenancy.owned_folder(workdir / "tmp", uid=user.uid, gid=user.gid, mode=0o700)
 
 
-def spawn_cold(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[process.Proc, str]:
-    """A fresh interpreter that imports everything itself."""
-    return process.spawn(argv, env=env, cwd=cwd), "cold"
+#: Starts a server's process: a request -> (the process, how it started).
+Launch = Callable[[Request], "tuple[process.Proc, str]"]
+
+#: What a location's processes create is theirs and the service's group's, never others'.
+LOCATION_UMASK = 0o007
+
+
+def spawn_cold(request: Request) -> tuple[process.Proc, str]:
+    """A fresh interpreter that imports everything itself, as the location's user."""
+    user = request.user
+    proc = process.spawn(
+        request.argv, env=request.env, cwd=request.cwd,
+        user=(user.uid, user.gid) if user else None, umask=LOCATION_UMASK if user else -1,
+    )  # fmt: skip
+    return proc, "cold"

@@ -49,7 +49,9 @@ class FileStatus:
     env: str | None = None  # environment key (short)
     env_path: str | None = None
     port: int | None = None  # of the server the workspace points at
+    socket: str | None = None  # ...or its Unix socket
     pid: int | None = None
+    user: int | None = None  # the uid its server runs as (None: the runner's own)
     start: str | None = None  # how its server started: warm, cold, or "cold: why"
     serving: bool = False  # a version that loaded answers (perhaps the last good one)
     progress: str | None = None  # what a build in progress is doing
@@ -102,7 +104,9 @@ def describe(
         file=file, location=loc.name, state=state,
         env=gen.env.short if gen else None,
         env_path=str(env_path(gen.env.key)) if gen else None,
-        port=server.port if server else None, pid=server.pid if server else None,
+        port=server.port or None if server else None, pid=server.pid if server else None,
+        socket=server.socket if server else None,
+        user=server.user.uid if server and server.user else None,
         start=server.start if server else None, serving=serving, progress=progress,
         warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
         settings=gen.spec.settings.files if gen else (),
@@ -164,14 +168,20 @@ def retiring_row(gen: Generation, *, env_path: Callable[[str], Path]) -> FileSta
     return FileStatus(
         file=gen.spec.relpath, location=gen.spec.name, state="retiring",
         env=gen.env.short, env_path=str(env_path(gen.env.key)),
-        port=gen.server.port if gen.server else None, pid=gen.server.pid if gen.server else None,
+        port=gen.server.port or None if gen.server else None,
+        pid=gen.server.pid if gen.server else None,
+        socket=gen.server.socket if gen.server else None,
+        user=gen.server.user.uid if gen.server and gen.server.user else None,
     )  # fmt: skip
 
 
 class Board:
     """Keeps ``since`` per row and writes the snapshot when it changes (and as a heartbeat)."""
 
-    def __init__(self, path: Path, *, share: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, share: Path, clock: Callable[[], float] = time.time,
+        isolation: str = "",
+    ) -> None:  # fmt: skip
         self.path = path
         self.clock = clock
         self._since: dict[tuple[str, str, int | None], tuple[str, float]] = {}
@@ -180,6 +190,7 @@ class Board:
             "host": socket.gethostname(),
             "share": str(share),
             "started": _iso(clock()),
+            "isolation": isolation,  # who locations run as, and what that means
         }
         self._written: tuple[Any, float] | None = None
         self.rows: list[FileStatus] = []
@@ -271,15 +282,19 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
     if not files:
         lines.append("no files in code_location/ yet")
         return "\n".join(lines) + "\n"
-    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "START", "ENV", "FILE")
+    if data.get("isolation"):
+        lines.append(f"isolation: {data['isolation']}")
+    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "USER", "START", "ENV", "FILE")
     table = [header]
     for row in files:
         state = row["state"]
         if state == "failed" and row.get("serving"):
             state += " (last good serving)"
+        port = "socket" if row.get("socket") else str(row.get("port") or "-")
+        user = str(row["user"]) if row.get("user") is not None else "-"
         table.append((
             row["location"], state, _ago(row.get("since"), now),
-            str(row.get("port") or "-"), str(row.get("pid") or "-"),
+            port, str(row.get("pid") or "-"), user,
             (row.get("start") or "-").split(":")[0], (row.get("env") or "-")[:12], row["file"],
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

@@ -28,7 +28,8 @@ from . import env as envs
 from . import server as servers
 from .builds import Builds, EnvDone
 from .config import Settings
-from .errors import ErrorServers
+from .errors import ErrorServers, Sockets
+from .identity import IDS_NAME, Identities
 from .lease import Lease
 from .lifecycle import Count, Effect, KeepCopy, Provide, Retire, Say, Start, Step
 from .plan import Abandon, Action, Location, Reject, Remove, Served, plan
@@ -73,7 +74,9 @@ class Supervisor:
         self.lease = lease  # held while it runs: one runner per share (see ``lease``)
         self.clock = clock  # for every decision about time
         self.wall = wall  # for times people read (status)
-        self.store = store or envs.EnvStore(settings.state_dir / "envs")
+        # Where locations run as users of their own, only interpreters they can run.
+        self.store = store or envs.EnvStore(settings.state_dir / "envs",
+                                            for_others=settings.isolated)  # fmt: skip
         self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for,
                                settings=settings.settings_files())  # fmt: skip
         self.pace = RescanPace(settings.rescan_every)
@@ -84,17 +87,23 @@ class Supervisor:
                                    on_published=lambda version: self.wake())  # fmt: skip
         self.builds = Builds(self.store, workers=PARALLEL_BUILDS,
                              done=self.inbox.put, clock=clock)  # fmt: skip
+        identities = (Identities(settings.workspace_path.parent / IDS_NAME, settings.isolation.ids)
+                      if settings.isolated and settings.isolation else None)  # fmt: skip
         self.starts = Starts(settings.server_options(), start_server=start_server,
-                             done=self.inbox.put, wake=self.wake)  # fmt: skip
+                             done=self.inbox.put, wake=self.wake, identities=identities,
+                             lock_path=self.store.lock_path)  # fmt: skip
         self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
                                        clock=clock)  # fmt: skip
         self.errors = ErrorServers(
             host=settings.host,
             on_reload=self.wake,
             retire=lambda server: self.retirements.add(server, None),
+            sockets=Sockets(settings.state_dir / "servers", settings.service[1])
+            if settings.use_sockets else None,
         )
+        isolation = settings.isolation.describe() if settings.isolation else ""
         self.board = Board(settings.workspace_path.parent / STATUS_NAME,
-                           share=settings.code_dir.parent)  # fmt: skip
+                           share=settings.code_dir.parent, isolation=isolation)  # fmt: skip
         self._pending: list[str] = []  # relpaths waiting to become stable
         self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
@@ -136,6 +145,7 @@ class Supervisor:
     def run(self) -> None:
         """Reconcile until :meth:`stop`; then stop every server we started."""
         self.settings.code_dir.mkdir(parents=True, exist_ok=True)
+        self.starts.stop_leftovers()
         self.publisher.start()
         log.info("full rescan every %.0fs", self.settings.rescan_every)
         try:
@@ -206,6 +216,8 @@ class Supervisor:
             self.retirements.stopped(msg)
             if msg.item.env_key is not None:
                 self._collect_envs()
+            busy = {item.gen.spec.name for item in self.retirements.items() if item.gen}
+            self.starts.release(busy | set(self.locations))
 
     def _scan(self, now: float) -> float | None:
         """Rescan the share; return when a file waiting to become stable is due."""

@@ -7,10 +7,20 @@ start (its servers live on); one that keeps dying while starting is given up for
 environment. Templates are keyed by the environment's interpreter and by the variables
 read while Python starts and Dagster is imported, so a location whose settings change those
 gets a template of its own.
+
+A template is shared by locations that run as different users, so it imports no location's
+code: no file, no ``.pth`` file or ``sitecustomize``, nothing but Dagster and what Dagster
+requires (``boot/guard.py``), and never a location's settings: a forked server reads its
+environment from a FIFO in its own folder once it runs as its location's user. Where
+locations run as users of their own, the template holds only the right to fork into their
+ids (``boot/drop.py``); a location whose settings put code on the interpreter's path
+(``PYTHONPATH`` and the like), or whose environment takes Dagster from an index of its own
+(see :mod:`trust`), starts cold, as its own user.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -21,9 +31,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import process
+from .identity import Identity
+from .server import Request, spawn_cold
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,21 @@ EXIT_REPORT_WAIT = 2.0
 
 class NotReady(Exception):
     """The environment's template is still starting: try again when it is ready."""
+
+
+#: Start-up variables that load code (a path to import from, a module to run): a template
+#: never takes them from a location's settings.
+CODE_LOADING = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+                "PYTHONPLATLIBDIR", "PYTHONPYCACHEPREFIX", "PYTHONWARNINGS", "PYTHONBREAKPOINT",
+                "PYTHONEXECUTABLE", "PYTHONINSPECT")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What a template runs as: its own user, allowed to fork into the ids ``allowed``."""
+
+    user: Identity
+    allowed: tuple[int, int]
 
 
 def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
@@ -109,6 +137,43 @@ class Forked:
         return bool(select.select([self._pidfd], [], [], 0)[0])
 
 
+def _fifo(request: Request) -> Path:
+    """The FIFO in the server's own folder its environment goes through: readable by its
+    location's group only (the runner writes it)."""
+    path = request.sidecar.settings
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)
+    if request.user is not None:
+        os.chown(path, os.getuid(), request.user.gid, follow_symlinks=False)
+        os.chmod(path, 0o640, follow_symlinks=False)
+    return path
+
+
+def _send(fifo: Path, env: Mapping[str, str], child: Forked) -> None:
+    """Write ``env`` into ``fifo`` once ``child`` opens it (it does as soon as it has become
+    its location's user), then remove the FIFO."""
+    deadline = time.monotonic() + FORK_TIMEOUT
+    try:
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:  # ENXIO: nobody reads it yet
+                if exc.errno != errno.ENXIO:
+                    raise
+            if child.poll() is not None:
+                raise OSError(f"the forked server {process.describe_exit(child.returncode)} "
+                              "before taking its environment")  # fmt: skip
+            if time.monotonic() > deadline:
+                raise OSError(f"the forked server did not take its environment in {FORK_TIMEOUT}s")
+            time.sleep(0.002)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(dict(env)).encode())
+    finally:
+        fifo.unlink(missing_ok=True)
+
+
 def ksm_runs(control: Path = Path("/sys/kernel/mm/ksm/run")) -> bool:
     """The host merges identical pages of the processes that offer them (templates do)."""
     try:
@@ -120,7 +185,10 @@ def ksm_runs(control: Path = Path("/sys/kernel/mm/ksm/run")) -> bool:
 class Template:
     """One template process and what it reported."""
 
-    def __init__(self, python: Path, env: Mapping[str, str], *, changed: Callable[[], None]):
+    def __init__(
+        self, python: Path, env: Mapping[str, str], *, changed: Callable[[], None],
+        rights: Rights | None = None,
+    ) -> None:  # fmt: skip
         self.python = python
         self.state = "starting"  # -> ready | unusable | ended
         self.served = False  # it was ready once (ending later is no failure to start)
@@ -132,9 +200,15 @@ class Template:
         self._forked: dict[int, int] = {}  # request id -> pid
         self._exited: dict[int, int] = {}  # pid -> exit status
         read, write = os.pipe()
+        own = {"RUNNER_TEMPLATE_REPLIES": str(write)}
+        if rights is not None:
+            u, (lowest, highest) = rights.user, rights.allowed
+            own["RUNNER_TEMPLATE_USER"] = f"{u.uid}:{u.gid}:{lowest}:{highest}"
         try:
+            # -S: no site, so no .pth file and no sitecustomize of the environment runs here
+            # (a forked server processes them once it is its location's; see template.py).
             self.proc = process.spawn(
-                [str(python), str(TEMPLATE)], env={**env, "RUNNER_TEMPLATE_REPLIES": str(write)},
+                [str(python), "-S", str(TEMPLATE)], env={**env, **own},
                 cwd=TEMPLATE.parent, stdin=subprocess.PIPE, pass_fds=(write,),
             )  # fmt: skip
         finally:
@@ -148,14 +222,18 @@ class Template:
     def pid(self) -> int:
         return self.proc.pid
 
-    def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Forked:
-        """A child running ``codeserver.py argv[2:]`` (``argv``: the cold command line)."""
+    def fork(self, request: Request) -> Forked:
+        """A child running ``codeserver.py argv[2:]`` (``argv``: the cold command line), as
+        ``request.user``, with ``request.env``, which only the child reads (from a FIFO)."""
         request_id = next(self._ids)
-        request = {"id": request_id, "argv": list(argv[2:]), "env": dict(env),
-                   "cwd": str(cwd), "parent": os.getpid()}  # fmt: skip
+        fifo = _fifo(request)
+        user = request.user
+        asked = {"id": request_id, "argv": list(request.argv[2:]), "cwd": str(request.cwd),
+                 "parent": os.getpid(), "user": [user.uid, user.gid] if user else None,
+                 "settings": str(fifo)}  # fmt: skip
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.write((json.dumps(asked) + "\n").encode())
             self.proc.stdin.flush()
         except OSError as exc:
             raise OSError(
@@ -170,7 +248,13 @@ class Template:
             if request_id not in self._forked:
                 raise OSError(f"the template (pid {self.pid}) ended: {self.why}")
             pid = self._forked.pop(request_id)
-        return Forked(pid, self, argv)
+        child = Forked(pid, self, request.argv)
+        try:
+            _send(fifo, request.env, child)
+        except OSError:
+            child.send_signal(signal.SIGKILL)
+            raise
+        return child
 
     def exit_status(self, pid: int, *, wait: float = 0.0) -> int | None:
         with self._cond:
@@ -220,26 +304,37 @@ class Template:
 class Templates:
     """The templates of the service, one per environment (and start-up variables)."""
 
-    def __init__(self, base: Mapping[str, str], *, changed: Callable[[], None]) -> None:
+    def __init__(
+        self, base: Mapping[str, str], *, changed: Callable[[], None], rights: Rights | None = None
+    ) -> None:
         self._base = {k: v for k, v in base.items() if k not in startup_variables(base)}
         self._changed = changed
+        self._rights = rights
         self._templates: dict[tuple, Template] = {}
         self._failed: dict[tuple, list[str]] = {}  # templates that ended while starting
         self._cold: dict[tuple, str] = {}  # why this key starts cold
 
-    def launch(self, python: Path, argv: Sequence[str], env: Mapping[str, str],
-               cwd: Path) -> tuple[process.Proc, str]:  # fmt: skip
+    def launch(
+        self, python: Path, request: Request, *, cold: str | None = None
+    ) -> tuple[process.Proc, str]:
         """Fork the server from its environment's template ("warm"), or spawn it ("cold:
-        why"); raises :class:`NotReady` while the template starts."""
+        why"; ``cold``: why it must start cold); raises :class:`NotReady` while the
+        template starts."""
+        env = request.env
         key = (str(python), tuple(sorted(startup_variables(env).items())))
-        why = self._cold.get(key) or self._template(key, python, env)
+        loading = [name for name in CODE_LOADING if name in env]
+        if loading:
+            cold = (f"its settings set {', '.join(loading)}, which would load code into the "
+                    "template its environment's locations share")  # fmt: skip
+        why = cold or self._cold.get(key) or self._template(key, python, env)
         if why is None:
             try:
-                return self._templates[key].fork(argv, env, cwd), "warm"
+                return self._templates[key].fork(request), "warm"
             except OSError as exc:
                 why = str(exc)
                 log.warning("%s: starting cold: %s", python, why)
-        return process.spawn(argv, env=env, cwd=cwd), f"cold: {why}"
+        proc, _ = spawn_cold(request)
+        return proc, f"cold: {why}"
 
     def retire(self, python: Path) -> None:
         """Stop the templates of an environment that is removed."""
@@ -285,6 +380,7 @@ class Templates:
             self._cold[key] = why
             return why
         self._templates[key] = Template(
-            python, {**self._base, **startup_variables(env)}, changed=self._changed
+            python, {**self._base, **startup_variables(env)}, changed=self._changed,
+            rights=self._rights,
         )
         raise NotReady

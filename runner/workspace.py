@@ -15,6 +15,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from .paths import share_owner
+
 log = logging.getLogger(__name__)
 
 
@@ -41,10 +43,12 @@ class Entry:
     server_id: str = ""  # the id of the server on ``port``
     warning: str = ""  # shown with the location in the UI (e.g. definitions Dagster dropped)
     versions: str = ""  # shown with the location: dagster's and its dependencies' versions
+    socket: str = ""  # the server's Unix socket, instead of host and port
 
 
 def _grpc_server(entry: Entry) -> dict:
-    config: dict = {"host": entry.host, "port": entry.port, "location_name": entry.name}
+    where = {"socket": entry.socket} if entry.socket else {"host": entry.host, "port": entry.port}
+    config: dict = {**where, "location_name": entry.name}
     if entry.server_id:
         metadata = {"file": entry.file, SERVER_ID: entry.server_id}
         if entry.versions:
@@ -129,8 +133,10 @@ class StaticSource:
         return self.current
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Replace ``path`` with ``text`` atomically; return False if it already said that."""
+def write_if_changed(path: Path, text: str, *, owner: tuple[int, int] | None = None) -> bool:
+    """Replace ``path`` with ``text`` atomically; return False if it already said that.
+    ``owner``: (uid, gid) the file belongs to (a runner started as root writes the share's
+    files as the service's user)."""
     try:
         if path.read_text() == text:
             return False
@@ -144,6 +150,9 @@ def write_if_changed(path: Path, text: str) -> bool:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        owner = owner or share_owner()
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

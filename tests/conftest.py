@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,22 @@ from tests.service import Service
 os.environ["UV_PYTHON_DOWNLOADS"] = "never"
 
 
+def passable(path: Path) -> Path:
+    """Let other users pass through ``path`` and the folders pytest made above it (not list
+    them): as root, the service runs each location as a user of its own, who must reach its
+    environment in the state folder and its file on the share."""
+    if os.geteuid() == 0:
+        for folder in [path, *path.parents]:
+            if folder == Path(tempfile.gettempdir()):
+                break
+            folder.chmod(folder.stat().st_mode | 0o711)
+    return path
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One environment store for the whole session: built environments are reused."""
-    return tmp_path_factory.mktemp("runner-state")
+    return passable(tmp_path_factory.mktemp("runner-state"))
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +38,8 @@ def service(
 ) -> Iterator[Service]:
     """The whole service on a fresh share; a module may set SERVICE_ENV for its settings
     (``{tmp}`` in a value: a fresh folder of the module's own, e.g. for settings files)."""
-    share = tmp_path_factory.mktemp("share")
+    share = passable(tmp_path_factory.mktemp("share"))
+    share.chmod(0o755)  # a share the teams may read, as they usually can
     tmp = tmp_path_factory.mktemp("service-files")
     env = {key: value.format(tmp=tmp) for key, value in
            getattr(request.module, "SERVICE_ENV", {}).items()}  # fmt: skip
@@ -57,3 +71,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's, open to every user: files the tests drop have their code write markers
+    here, and (as root) that code runs as its location's own user."""
+    if os.geteuid() == 0:
+        passable(tmp_path).chmod(0o1777)
+    return tmp_path

@@ -238,7 +238,7 @@ class Service(WebClient):
 
     def server_pids(self, name: str) -> list[int]:
         """Pids of the code servers the runner logged as serving ``name``, oldest first."""
-        pattern = rf"serving {re.escape(name)} on port \d+ \(pid (\d+)\)"
+        pattern = rf"serving {re.escape(name)} on (?:port \d+|socket \S+) \(pid (\d+)\)"
         return [int(pid) for pid in re.findall(pattern, self.log_text())]
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> float:

@@ -152,6 +152,12 @@ def test_compose_with_docker_runs_contains_each_run_and_its_memory(
         assert hog["HostConfig"]["Memory"] == 600 << 20
         assert hog["State"]["OOMKilled"] or "OOM-killed" in failure
         assert stack.container("runner") in json.dumps(where["HostConfig"]["VolumesFrom"])
+        # Each run container runs as its location's own user, with no capability.
+        users = {name: c["Config"]["User"] for name, c in inspected.items()}
+        assert len(set(users.values())) == 2 and all(
+            int(u.split(":")[0]) >= 20002 for u in users.values()), users  # fmt: skip
+        assert where["HostConfig"]["CapDrop"] == ["ALL"]
+        assert "no-new-privileges" in where["HostConfig"]["SecurityOpt"]
         pids = stack.host_pids()
     assert_nothing_left(stack, pids)
     assert not set(run_containers) & set(docker("ps", "-a", "-q").split())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from runner import container_runs, env, limits, paths, script
 from runner.container_runs import ContainerRuns, Volume
+from runner.identity import Identity
 from runner.limits import RunLimits
 
 MIB = 1024 * 1024
@@ -93,6 +95,31 @@ def test_kubernetes_runs_mount_the_claims_and_carry_the_limits() -> None:
     assert k8s["resources"]["limits"] == {"memory": str(512 * MIB), "cpu": "1500m"}
     assert {"name": "runner-state", "mountPath": "/var/lib/runner"} in k8s["volume_mounts"]
     assert {"name": "share", "persistentVolumeClaim": {"claimName": "share"}} in k8s["volumes"]
+
+
+def test_runs_in_containers_run_as_their_locations_user_with_no_rights(tmp_path: Path) -> None:
+    who = Identity(20007, 20007)
+    docker = ContainerRuns.from_environ("docker", {}, own_container="c" * 64,
+                                        defaults=RunLimits())  # fmt: skip
+    kwargs = container_runs.container_context(docker, "sales", RunLimits(), user=who)
+    kwargs = kwargs["docker"]["container_kwargs"]
+    assert (kwargs["user"], kwargs["group_add"]) == ("20007:20007", [])
+    assert kwargs["cap_drop"] == ["ALL"] and kwargs["security_opt"] == ["no-new-privileges"]
+    k8s = ContainerRuns.from_environ("k8s", {"RUNNER_RUN_VOLUMES": "s:/s"}, own_container=None,
+                                     defaults=RunLimits())  # fmt: skip
+    context = container_runs.container_context(k8s, "sales", RunLimits(), user=who)["k8s"]
+    assert context["security_context"] == {
+        "run_as_user": 20007, "run_as_group": 20007, "run_as_non_root": True,
+        "allow_privilege_escalation": False, "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    # Its run settings are its own user's to read, with its HOME and TMPDIR.
+    env_file = tmp_path / "runs" / "sales.json"
+    if os.geteuid() == 0:
+        container_runs.write_run_env(env_file, {"TOKEN": "t"}, tmp_path / "work", user=who)
+        st = env_file.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (20007, 0o600)
+        data = json.loads(env_file.read_text())["env"]
+        assert data["HOME"] == str(tmp_path / "work") and data["USER"] == "location-20007"
 
 
 def test_container_runs_without_the_runners_volumes_are_a_stated_problem() -> None:

@@ -34,6 +34,9 @@ class FakeServer:
         self.pid = self.port = next(_pids)
         self.server_id = f"s{self.pid}"
         self.start = "cold"
+        self.socket = None
+        self.user = None
+        self.where = f"port {self.port}"
         self.exit_code: int | None = None
 
     def exited(self) -> int | None:

@@ -28,7 +28,8 @@ def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
     runner_image: str, tmp_path: Path
 ) -> None:
     config = json.loads(docker("image", "inspect", runner_image))[0]["Config"]
-    assert config["User"] == "dagster"  # not root
+    # It starts as root, to run each location as a user of its own; the service is dagster's.
+    assert config["User"] in ("", "root") and "RUNNER_SERVICE_USER=dagster" in config["Env"]
     assert config["Healthcheck"]["Test"][-1].startswith("python -c")
     assert "/opt/dagster" in config["Volumes"]
 
@@ -56,6 +57,15 @@ def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
         wait_for("the dropped file to load inside the container", loaded, timeout=400)
         pids = [int(p) for p in docker("top", name, "-eo", "pid").split()[1:]]
         assert len(pids) >= 4  # entrypoint, webserver, daemon, runner, the code server...
+        users: dict[str, set[int]] = {}
+        for line in docker("top", name, "-eo", "pid,uid,args").splitlines()[1:]:
+            _, uid, args = line.split(None, 2)
+            role = next((r for r in ("runner webserver", "runner daemon", "runner serve")
+                         if r in args), "other")  # fmt: skip
+            users.setdefault(role, set()).add(int(uid))
+        assert users["runner webserver"] == users["runner daemon"] == {10001}, users
+        assert users["runner serve"] == {0}, users  # it switches users for the locations
+        assert any(uid >= 20002 for uid in users["other"]), users  # boxed's server
 
         started = time.monotonic()
         docker("stop", "-t", "30", name, timeout=90)

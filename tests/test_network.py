@@ -3,6 +3,7 @@ the other, joined by a veth pair between this machine's namespace and a new one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -58,7 +59,8 @@ def test_webserver_and_daemon_reach_code_servers_on_another_host(
     share = tmp_path / "share"
     # The namespace has no route to the package index: build the environment beforehand, as
     # a persistent uv cache and state volume would have it.
-    EnvStore(state_dir / "envs").build(spec_for(parse_metadata(SCRIPT)))
+    store = EnvStore(state_dir / "envs", for_others=os.geteuid() == 0)  # as the runner's
+    store.build(spec_for(parse_metadata(SCRIPT)))
     with (
         running(share, state_dir, tmp_path / "web.log", role="webserver", host=WEB_SIDE) as web,
         running(share, state_dir, tmp_path / "daemon.log", role="daemon"),

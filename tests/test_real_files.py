@@ -61,12 +61,17 @@ def reload_location(service: Service, name: str) -> None:
 
 
 def find_python(version: str) -> Path:
-    env = {**os.environ, "PATH": pythons.search_path(os.environ), "UV_PYTHON_DOWNLOADS": "never"}
+    """An installed Python ``version`` the service can build with: as root, one the
+    locations' users (users of their own) can run."""
+    others = os.geteuid() == 0
+    path = pythons.search_path(os.environ, for_others=others)
+    env = {**os.environ, "PATH": path, "UV_PYTHON_DOWNLOADS": "never"}
     found = subprocess.run(
         [uv.find_uv_bin(), "python", "find", version], env=env, capture_output=True, text=True
     )
     if found.returncode != 0:
-        missing(f"needs Python {version} where uv finds it (`uv python install {version}`)")
+        who = " that every user can run (pyenv's below /root: `chmod o+x /root`)" if others else ""
+        missing(f"needs Python {version}{who} where uv finds it (`uv python install {version}`)")
     return Path(found.stdout.strip())
 
 

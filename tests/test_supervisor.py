@@ -43,6 +43,9 @@ class FakeServer:
         self.pid = self.port  # unique, and never a real process
         self.server_id = f"{location}-{self.port}"
         self.start = "warm"
+        self.socket = None
+        self.user = None
+        self.where = f"port {self.port}"
         self.sidecar = FakeSidecar()
         self.exit_code: int | None = None
         self.started = 0.0

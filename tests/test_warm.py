@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,8 @@ def test_a_forked_server_sees_what_a_cold_one_sees(tmp_path: Path) -> None:
     stdin: a server forked from a template gets exactly what a cold-started one gets."""
     templates = warm.Templates(os.environ, changed=lambda: None)
 
-    def launch(argv: Any, env: Any, cwd: Path) -> Any:
-        return wait_for("the template", lambda: _no_wait(templates, argv, env, cwd))
+    def launch(request: server.Request) -> Any:
+        return wait_for("the template", lambda: _no_wait(templates, request))
 
     try:
         cold = _probe(tmp_path, "cold", None)
@@ -100,6 +100,8 @@ def test_a_forked_server_sees_what_a_cold_one_sees(tmp_path: Path) -> None:
     assert merge in ((False, True, True), (None, None, None))
     for seen in (cold, warm_, again):
         seen["env"].pop("PROBE_OUT")
+        # The one difference: a template starts with -S, its child runs site itself.
+        seen["flags"] = seen["flags"].replace("no_site=1", "no_site=0")
     names = {*cold["env"], *warm_["env"]}
     differing = {k for k in names if cold["env"].get(k) != warm_["env"].get(k)}
     assert {k: (cold["env"].get(k), warm_["env"].get(k)) for k in differing} == {}
@@ -109,16 +111,24 @@ def test_a_forked_server_sees_what_a_cold_one_sees(tmp_path: Path) -> None:
     assert not cold["modules_of_stub"]
 
 
-def _no_wait(templates: warm.Templates, argv: Any, env: Any, cwd: Path) -> Any:
+def _no_wait(templates: warm.Templates, request: server.Request) -> Any:
     try:
-        return templates.launch(Path(sys.executable), argv, env, cwd)
+        return templates.launch(Path(sys.executable), request)
     except warm.NotReady:
         return None
 
 
+def _request(tmp_path: Path, argv: list[str], env: dict[str, str]) -> server.Request:
+    folder = tmp_path / "servers" / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True)
+    return server.Request(argv, env, tmp_path, None, server.Sidecar(folder))
+
+
 @pytest.mark.slow
-def test_a_template_that_leaves_a_thread_running_starts_servers_cold(tmp_path: Path) -> None:
-    """Forking with a thread running is unsafe: such an environment starts cold, and says so."""
+def test_settings_that_put_code_on_the_path_start_cold(tmp_path: Path) -> None:
+    """Code on PYTHONPATH (a sitecustomize that starts a thread) would run in the template
+    every location of the environment shares: such a location starts cold, and says so,
+    while its environment's other locations fork from a template that never ran it."""
     (tmp_path / "threads").mkdir()
     (tmp_path / "threads" / "sitecustomize.py").write_text(
         "import threading, time\n"
@@ -126,22 +136,20 @@ def test_a_template_that_leaves_a_thread_running_starts_servers_cold(tmp_path: P
         "                 daemon=True).start()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "threads")}
-    changed: list[float] = []
-    templates = warm.Templates(os.environ, changed=lambda: changed.append(time.monotonic()))
+    templates = warm.Templates(os.environ, changed=lambda: None)
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
     try:
-        with pytest.raises(warm.NotReady):
-            templates.launch(Path(sys.executable), argv, env, tmp_path)
-        wait_for("the template to report", lambda: changed)
-        proc, how = templates.launch(Path(sys.executable), argv, env, tmp_path)
-        assert how.startswith("cold: a thread runs after importing Dagster (site-timer)")
-        assert isinstance(proc, __import__("subprocess").Popen)
+        proc, how = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
+        assert how.startswith("cold: its settings set PYTHONPATH, which would load code")
+        assert templates.all() == []  # no template was started for it
         proc.kill()
         proc.wait()
-        # Another environment's variables: another template, which works.
-        proc2 = wait_for("a template without the thread", lambda: _no_wait(
-            templates, argv, dict(os.environ), tmp_path))  # fmt: skip
+        plain = _request(tmp_path, argv, dict(os.environ))
+        proc2 = wait_for("a template", lambda: _no_wait(templates, plain))
         assert proc2[1] == "warm"
+        (template,) = templates.all()
+        threads = psutil.Process(template.pid).num_threads()
+        assert threads == 1  # the site-timer thread never ran in it
         proc2[0].send_signal(signal.SIGKILL)
         assert proc2[0].wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -156,11 +164,11 @@ def test_a_template_that_keeps_dying_while_starting_is_given_up(tmp_path: Path) 
     try:
         for _ in range(warm.BOOT_ATTEMPTS):
             with pytest.raises(warm.NotReady):
-                templates.launch(Path(sys.executable), argv, env, tmp_path)
+                templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
             (template,) = templates.all()
             template.kill()
             wait_for("the template to end", lambda t=template: t.state == "ended")
-        proc, how = templates.launch(Path(sys.executable), argv, env, tmp_path)
+        proc, how = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
         ended = f"cold: its template ended {warm.BOOT_ATTEMPTS} times while starting"
         assert how.startswith(ended)
         assert "killed by SIGKILL" in how
@@ -269,7 +277,7 @@ def test_a_location_that_cannot_use_a_template_starts_cold(
     service.wait_loaded("warm_cold")
     pid = serving_pid(service, "warm_cold")
     start = status_rows(service)["warm_cold"]["start"]
-    assert start.startswith("cold: a thread runs after importing Dagster (site-timer)"), start
+    assert start.startswith("cold: its settings set PYTHONPATH"), start
     assert "template.py" not in " ".join(psutil.Process(pid).parent().cmdline())
     run_id = service.materialize_all("warm_cold")
     assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)

@@ -15,6 +15,14 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   ``RUNNER_RUN_ENTRY_POINT`` (JSON), if set: the file's interpreter running ``run.py``
   (runs in containers; see ``runner/container_runs.py``), instead of ``python -m dagster``.
 
+* ``codeserver.py --dagster ARGS`` is ``python -m dagster ARGS`` with the hook below: how
+  ``run.py`` starts a run's worker in its container.
+* With ``RUNNER_OUTPUTS`` (a folder), the default I/O manager keeps the location's outputs
+  there, in a folder of the location's own, not in the instance's ``storage/`` that every
+  location's runs write: one location's runs cannot replace another's, nor fail on a file
+  another location wrote for an asset of the same name. This one applies in the server's
+  runs too: their processes import this file again as ``__mp_main__`` (multiprocessing).
+
 Either addition is skipped if this Dagster version does not have what it hooks into.
 """
 
@@ -84,8 +92,28 @@ def _hook_autodiscovery(report_file):
     autodiscovery.loadable_targets_from_loaded_module = loadable_targets_from_loaded_module
 
 
+def _hook_outputs(folder):
+    from dagster import DagsterInstance
+
+    DagsterInstance.storage_directory = lambda self: folder
+
+
+def _outputs():
+    folder = os.environ.get("RUNNER_OUTPUTS")  # kept: the server's runs need it too
+    if folder:
+        try:
+            _hook_outputs(folder)
+        except Exception as exc:  # another Dagster version: outputs go where it puts them
+            print(f"runner: RUNNER_OUTPUTS not available: {exc!r}", file=sys.stderr)
+
+
 def main():
     sys.path[0] = os.getcwd()  # as ``python -m`` has it, not this file's folder
+    if sys.argv[1:2] == ["--dagster"]:  # a run in a container: ``dagster ARGS`` (run.py)
+        from dagster._cli import main as dagster_main
+
+        sys.argv = ["dagster", *sys.argv[2:]]
+        sys.exit(dagster_main())
     for variable, hook in (
         ("RUNNER_RELOAD_REQUEST", _hook_reload),
         ("RUNNER_LOAD_REPORT", _hook_autodiscovery),
@@ -104,4 +132,7 @@ def main():
 
 
 if __name__ == "__main__":
+    _outputs()
     main()
+elif __name__ == "__mp_main__":  # a run's process (multiprocessing's spawn)
+    _outputs()

@@ -7,7 +7,8 @@ imports only the standard library (and Dagster, after a failure):
 * it gives the run what its code server has: the variables and the working folder the
   runner wrote to the run env file (settings and secrets stay out of the run's origin,
   which is stored with every run);
-* it runs ``python -m dagster api execute_run ...`` as its child and waits, passing on
+* it runs ``dagster api execute_run ...`` as its child (through ``codeserver.py``, which keeps
+  the location's outputs in a folder of their own) and waits, passing on
   a stop request;
 * when the container's memory limit killed a process of the run (the kernel's OOM
   killer), it says so on the run: as the run's failure if the worker itself was killed, as
@@ -91,7 +92,9 @@ def main():
     env = {**os.environ, **spec["env"]}
     os.chdir(spec["cwd"])
     before = oom_kills()
-    child = subprocess.Popen([sys.executable, "-m", "dagster", *args], env=env)
+    # Through codeserver.py: the run keeps its location's outputs in their own folder.
+    boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "codeserver.py")
+    child = subprocess.Popen([sys.executable, boot, "--dagster", *args], env=env)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: child.send_signal(s))
     code = child.wait()

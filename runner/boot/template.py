@@ -1,17 +1,26 @@
 """A warm template of one environment: Dagster imported once, a code server forked per start.
 
-Run by the environment's interpreter as ``python template.py``; like ``codeserver.py`` it
+Run by the environment's interpreter as ``python -S template.py``; like ``codeserver.py`` it
 imports only the standard library and Dagster. It imports what a code server needs (and
 rehearses loading a stub file, which pulls in what loading definitions imports lazily), but
 never user code and never starts a thread: forking a process that runs threads (gRPC's) is
-unsafe. Then it waits for requests on stdin, one JSON object a line::
+unsafe. No location's code runs in it: ``-S`` keeps the environment's ``.pth`` files and
+``sitecustomize`` out, and ``guard.py`` lets it import nothing of the environment but Dagster
+and what Dagster requires. Started as root with ``RUNNER_TEMPLATE_USER=uid:gid:low:high``, it
+first becomes that user, keeping only the right to fork into ids from low to high
+(``drop.py``). Then it waits for requests on stdin, one JSON object a line::
 
-    {"id": 7, "argv": [...codeserver.py arguments], "env": {...}, "cwd": "...", "parent": pid}
+    {"id": 7, "argv": [...codeserver.py arguments], "cwd": "...", "parent": pid,
+     "user": [uid, gid] or null, "settings": "FIFO path"}
 
-and forks a child for each. The child becomes what ``python codeserver.py <argv>`` started
-in ``cwd`` with ``env`` would be (environment, working directory, signal dispositions,
-stdin), in a session of its own, and runs ``codeserver.main()``. Pages of the imported
-modules stay shared, copy-on-write, between the template and its children.
+and forks a child for each. The child becomes its location's user (no groups, no
+capabilities), reads its environment from the FIFO (the template never sees it: a later
+child of another location would inherit its memory), and becomes what ``python
+codeserver.py <argv>`` started in ``cwd`` with that environment would be (environment,
+working directory, signal dispositions, stdin, ``sys.path`` with the ``.pth`` files and
+``sitecustomize`` applied), in a session of its own, and runs ``codeserver.main()``. Only
+``sys.flags.no_site`` tells it from a cold server. Pages of the imported modules stay
+shared, copy-on-write, between the template and its children.
 
 Replies go, one JSON object a line, to the file descriptor named by
 ``RUNNER_TEMPLATE_REPLIES``: ``{"ready": seconds, "merge": bool}`` or ``{"unusable": why}``
@@ -33,11 +42,17 @@ import os
 import runpy
 import select
 import signal
+import site
 import sys
 import threading
 import time
 
+import drop  # this folder is sys.path[0]
+import guard
+
 BOOT_DIR = os.path.dirname(os.path.abspath(__file__))
+#: What a location's processes create is theirs and the service's group's, never others'.
+LOCATION_UMASK = 0o007
 
 
 def _warm_up():
@@ -90,7 +105,7 @@ def _started_with(env, boot_environ):
     return {**env, **added}
 
 
-def _become(request, closing, boot_environ):
+def _become(request, closing, boot_environ, import_guard):
     """Turn this forked child into the server ``request`` describes (see the docstring)."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -100,16 +115,34 @@ def _become(request, closing, boot_environ):
     os.dup2(devnull, 0)
     os.close(devnull)
     os.setsid()
+    if request.get("user"):
+        drop.to_location(*request["user"])
+        os.umask(LOCATION_UMASK)
     _die_with(request["parent"])
+    with open(request["settings"], "rb") as f:  # as the location's user: its own FIFO
+        env = json.loads(f.read())
     os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(_started_with(request["env"], boot_environ))
+    os.environ.update(_started_with(env, boot_environ))
+    sys.meta_path.remove(import_guard)
+    _site()
     gc.enable()
     # Run as ``__main__`` from its path, as ``python codeserver.py`` does: multiprocessing's
     # spawn (a run's subprocess) finds the main module by that path.
     path = os.path.join(BOOT_DIR, "codeserver.py")
     sys.argv = [path, *request["argv"]]
     runpy.run_path(path, run_name="__main__")
+
+
+def _site():
+    """What ``site`` does as an interpreter starts, done now the location's user runs: the
+    environment's ``.pth`` files, ``sitecustomize``, the user's site folder. A run's process
+    (multiprocessing) is started with the interpreter's flags: not with ``-S``."""
+    import subprocess
+
+    site.main()
+    flags = subprocess._args_from_interpreter_flags
+    subprocess._args_from_interpreter_flags = lambda: [a for a in flags() if a != "-S"]
 
 
 def _die_with(pid):
@@ -151,10 +184,43 @@ def _offer_pages_for_merging():
         return False
 
 
+def _environment_on_path():
+    """What ``site`` does for a virtual environment (``sys.prefix``, its ``site-packages`` on
+    ``sys.path``), without running any ``.pth`` file; the folders it added."""
+    before = list(sys.path)
+    process_pth = site.addpackage
+    site.addpackage = lambda *args, **kwargs: None
+    try:
+        site.venv(set())
+    finally:
+        site.addpackage = process_pth
+    return [d for d in sys.path if d not in before]
+
+
+def _give_up_rights(rights, replies):
+    """Become the template's own user (``uid:gid:low:high``), able to fork into ids from low
+    to high only, and die with the runner again (a credential change cleared the
+    parent-death signal)."""
+    uid, gid, lowest, highest = map(int, rights.split(":"))
+    parent = os.getppid()
+    drop.to_template(uid, gid, allowed=(lowest, highest))
+    drop.die_with_parent()
+    if os.getppid() != parent:  # the runner ended before the signal was armed again
+        os._exit(1)
+
+
 def main():
     replies = int(os.environ.pop("RUNNER_TEMPLATE_REPLIES"))
+    rights = os.environ.pop("RUNNER_TEMPLATE_USER", "")
     boot_environ = dict(os.environ)
     started = time.monotonic()
+    if rights:
+        try:
+            _give_up_rights(rights, replies)
+        except OSError as exc:
+            _reply(replies, unusable=f"it could not give up the runner's rights: {exc}")
+            return 1
+    import_guard = guard.install(_environment_on_path())
     gc.disable()  # no collections while importing: fewer pages touched, faster
     try:
         _warm_up()
@@ -173,7 +239,8 @@ def main():
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _reply(replies, ready=round(time.monotonic() - started, 3), merge=merge)
+    _reply(replies, ready=round(time.monotonic() - started, 3), merge=merge,
+           refused=sorted(set(import_guard.refused)))
     pending = b""
     while True:
         readable, _, _ = select.select([0, wake_r], [], [])
@@ -194,7 +261,7 @@ def main():
                 pid = os.fork()
                 if pid == 0:
                     # From here on this process is the server: it exits as a cold one does.
-                    _become(request, (replies, wake_r, wake_w), boot_environ)
+                    _become(request, (replies, wake_r, wake_w), boot_environ, import_guard)
                     return 0
                 _reply(replies, forked=request["id"], pid=pid)
 
