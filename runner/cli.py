@@ -103,8 +103,15 @@ def _serve(args: argparse.Namespace) -> None:
         isolation=isolation,
         service=service,
     )
-    from . import server
+    from . import server, tenancy
 
+    anyone = identity.Identity(2**31, 2**31)
+    if settings.isolated and settings.settings_dir and settings.settings_dir.is_dir() and (
+        tenancy.blocked(settings.settings_dir, anyone, want="rx") is None
+    ):
+        log.error("RUNNER_SETTINGS_DIR (%s) is open to other users: every location can read "
+                  "every team's settings there; make it the runner's only (chmod 700)",
+                  settings.settings_dir)  # fmt: skip
     if settings.use_sockets and not server.socket_fits(state / "servers"):
         raise SystemExit(
             f"runner: RUNNER_STATE_DIR ({state}) is too long for the code servers' Unix "

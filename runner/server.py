@@ -213,11 +213,16 @@ class Sidecar:
 
     def ignored(self) -> list[str]:
         """Jobs, schedules and sensors Dagster dropped from a file without Definitions."""
-        try:
-            report = json.loads(self.load_report.read_text())
+        try:  # the folder is the location's: never follow a link its code put there
+            fd = os.open(self.load_report, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                report = json.loads(f.read(1 << 20))
         except (OSError, ValueError):
             return []
-        return [f"{item['kind']} {item['name']}" for item in report.get("ignored", [])]
+        if not isinstance(report, dict) or not isinstance(report.get("ignored"), list):
+            return []
+        return [f"{item['kind']} {item['name']}" for item in report["ignored"]
+                if isinstance(item, dict) and {"kind", "name"} <= set(item)]  # fmt: skip
 
     def remove(self) -> None:
         tenancy.remove(self.folder)

@@ -118,9 +118,10 @@ def claimed_folder(path: Path, *, uid: int, gid: int) -> Path:
         before = None
     owned_folder(path, uid=uid, gid=gid, mode=0o2770)
     if before is not None and before.st_uid != uid:
-        for root, folders, files in os.walk(path):
+        # By folder descriptors: a link put in place of a folder is never followed.
+        for _, folders, files, fd in os.fwalk(path, follow_symlinks=False):
             for name in folders + files:
-                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
     return path
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -156,7 +157,8 @@ def _send(fifo: Path, env: Mapping[str, str], child: Forked) -> None:
     try:
         while True:
             try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                # The folder is the location's: never follow what its code put in its place.
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
                 break
             except OSError as exc:  # ENXIO: nobody reads it yet
                 if exc.errno != errno.ENXIO:
@@ -167,6 +169,10 @@ def _send(fifo: Path, env: Mapping[str, str], child: Forked) -> None:
             if time.monotonic() > deadline:
                 raise OSError(f"the forked server did not take its environment in {FORK_TIMEOUT}s")
             time.sleep(0.002)
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.getuid():
+            os.close(fd)
+            raise OSError(f"{fifo} is not the FIFO the runner made")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(dict(env)).encode())
