@@ -17,6 +17,12 @@ Every build is a locked sync, so what was resolved once is what every later buil
   shares the state, until the file's metadata changes;
 * ``fresh``: resolved now (``uv lock --script`` on the runner's copy of the metadata), then
   kept.
+
+Where locations run as users of their own, uv runs as the builds' own unprivileged user
+(``builder``): an sdist's build script is a team's code, and never runs as the runner. It
+works in a folder of its own per build, owns the uv cache, and installs by copying (never a
+hard link shared with the cache); what it built becomes the runner's, read-only to it and to
+every location, before it is put in place, and so do the locks the runner keeps.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from typing import Any, Literal
 
 import uv
 
-from . import causes, limits, process, pythons, script
+from . import causes, limits, process, pythons, script, tenancy
+from .identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +144,19 @@ class Env:
 class EnvStore:
     """A directory of built environments, owned by the runner, outside the share."""
 
-    def __init__(self, root: Path, *, uv_bin: str | None = None, for_others: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, uv_bin: str | None = None, for_others: bool = False,
+        builder: Identity | None = None,
+    ) -> None:  # fmt: skip
         self.root = root
         #: Its environments are run by other users (locations'): only their interpreters.
-        self.for_others = for_others
+        self.for_others = for_others or builder is not None
+        #: The user builds run as (None: the runner's own).
+        self.builder = builder
+        self.cache: Path | None = None
+        if builder is not None:
+            self.cache = Path(os.environ.get("UV_CACHE_DIR") or root.parent / "uv-cache")
+            tenancy.claimed_folder(self.cache, uid=builder.uid, gid=builder.gid)
         self.uv_bin = uv_bin or uv.find_uv_bin()
         self.root.mkdir(parents=True, exist_ok=True)
         self._running: set[subprocess.Popen] = set()
@@ -198,18 +214,30 @@ class EnvStore:
         existing = self.get(spec)
         if existing is not None:
             return existing
-        meta_script = self.script_path(spec.key)
-        meta_script.parent.mkdir(parents=True, exist_ok=True)
-        meta_script.write_text(script.render_block(spec.metadata))
-        staging = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
+        text = script.render_block(spec.metadata)
+        kept = self.script_path(spec.key)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(text)
+        # A folder of the build's own: the metadata, its lock, the environment being built.
+        work = self.root / f".build-{spec.key[:12]}-{uuid.uuid4().hex[:8]}"
+        owner = self.builder or Identity(os.getuid(), os.getgid())
+        tenancy.owned_folder(work, uid=owner.uid, gid=owner.gid, mode=0o700)
+        (work / "script").mkdir()
+        os.chown(work / "script", owner.uid, owner.gid)
+        meta_script = work / "script" / kept.name
+        meta_script.write_text(text)
+        staging = work / "env"
         env = _uv_env(self.root.parent / "python", for_others=self.for_others)
+        if self.builder is not None:
+            assert self.cache is not None
+            env.update(HOME=str(work), UV_CACHE_DIR=str(self.cache), UV_LINK_MODE="copy")
         started = time.monotonic()
         try:
             final = self._build(spec, meta_script, staging, env, progress, refresh)
         except BuildError as exc:
             raise self._classified(exc, spec, env) from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         log.debug("built env %s in %.1fs", spec.short, time.monotonic() - started)
         return Env(spec.key, final)
 
@@ -225,12 +253,15 @@ class EnvStore:
             env,
             cwd=meta_script.parent,
         )
-        lock = self.lock_path(spec.key)
+        kept = self.lock_path(spec.key)
+        lock = meta_script.with_name(kept.name)  # the build's own copy, which uv may rewrite
         fresh = ["--refresh"] if refresh else []
-        pins: Pins = "own" if spec.lock is not None else "kept" if lock.exists() else "fresh"
+        pins: Pins = "own" if spec.lock is not None else "kept" if kept.exists() else "fresh"
         if spec.lock is not None:
-            lock.write_text(spec.lock)
-        elif pins == "fresh":
+            self._give_build(lock, spec.lock)
+        elif pins == "kept":
+            self._give_build(lock, kept.read_text())
+        if pins == "fresh":
             progress("resolving dependencies")
             self._uv(["lock", "--script", str(meta_script), "--no-progress", *fresh], env,
                      cwd=meta_script.parent)  # fmt: skip
@@ -273,7 +304,12 @@ class EnvStore:
                                  transient=False) from None  # fmt: skip
             constraints.unlink()
         versions = {n: locked[n] for n in map(_normalize, spec.direct) if n in locked}
+        if self.builder is not None:  # what it built is the runner's now: no build changes it
+            tenancy.claimed_by_runner(staging)
         (staging / RESOLUTION_FILE).write_text(json.dumps({"pins": pins, "versions": versions}))
+        tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(lock.read_text())
+        tmp.replace(kept)
         final = self.path(spec.key)
         try:
             staging.rename(final)
@@ -281,6 +317,12 @@ class EnvStore:
             if not (final / "pyvenv.cfg").exists():  # not a concurrent twin: a real failure
                 raise
         return final
+
+    def _give_build(self, path: Path, text: str) -> None:
+        """Write ``path`` in a build's folder, for its user to read and rewrite."""
+        path.write_text(text)
+        if self.builder is not None:
+            os.chown(path, self.builder.uid, self.builder.gid, follow_symlinks=False)
 
     def _classified(self, exc: BuildError, spec: EnvSpec, env: dict[str, str]) -> BuildError:
         """A failure caused outside the file (a host down, the disk full) is transient,
@@ -306,7 +348,9 @@ class EnvStore:
         why = ""
         if downloads:
             try:
-                self._uv(["python", "install", "--no-progress", wanted], env, cwd=cwd)
+                # As the runner (a download runs no build script), outside the builds' cache.
+                self._uv(["python", "install", "--no-progress", "--no-cache", wanted], env,
+                         cwd=cwd, as_builder=False)  # fmt: skip
                 return self._uv(find, env, cwd=cwd).strip()
             except BuildError as exc:
                 why = _first_error(str(exc))
@@ -337,14 +381,18 @@ class EnvStore:
         *,
         cwd: Path,
         on_line: Callable[[str], None] | None = None,
+        as_builder: bool = True,
     ) -> str:
-        """Run uv; its output, or :class:`BuildError`. ``on_line`` streams its lines (merged
-        stdout and stderr) as they come."""
+        """Run uv (as the builds' user, unless not ``as_builder``); its output, or
+        :class:`BuildError`. ``on_line`` streams its lines (merged stdout and stderr) as they
+        come."""
         streamed = on_line is not None
+        user = self.builder if as_builder else None
         proc = process.spawn(
             [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if streamed else subprocess.PIPE,
             umask=0o022 if self.for_others else -1,  # others run what it installs
+            user=(user.uid, user.gid) if user else None,
         )  # fmt: skip
         with self._lock:
             self._running.add(proc)

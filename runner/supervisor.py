@@ -74,9 +74,10 @@ class Supervisor:
         self.lease = lease  # held while it runs: one runner per share (see ``lease``)
         self.clock = clock  # for every decision about time
         self.wall = wall  # for times people read (status)
-        # Where locations run as users of their own, only interpreters they can run.
-        self.store = store or envs.EnvStore(settings.state_dir / "envs",
-                                            for_others=settings.isolated)  # fmt: skip
+        # Where locations run as users of their own, so do builds (an sdist runs its code).
+        isolation = settings.isolation if settings.isolated else None
+        builder = isolation.ids.builds if isolation else None
+        self.store = store or envs.EnvStore(settings.state_dir / "envs", builder=builder)
         self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for,
                                settings=settings.settings_files())  # fmt: skip
         self.pace = RescanPace(settings.rescan_every)

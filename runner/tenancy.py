@@ -125,6 +125,16 @@ def claimed_folder(path: Path, *, uid: int, gid: int) -> Path:
     return path
 
 
+def claimed_by_runner(path: Path) -> None:
+    """``path`` and everything below it the runner's (a build's output), by folder
+    descriptors: a link is never followed."""
+    uid, gid = os.getuid(), os.getgid()
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for _, folders, files, fd in os.fwalk(path, follow_symlinks=False):
+        for name in folders + files:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+
 def remove(path: Path) -> None:
     """Remove a folder a location wrote (its links are removed, not followed)."""
     shutil.rmtree(path, ignore_errors=True)

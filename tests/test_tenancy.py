@@ -306,3 +306,39 @@ def test_a_runner_that_cannot_switch_users_says_so_once(
     with running(share, state_dir, log, prefix=no_switch, env={"RUNNER_ISOLATION": "user"}) as s:
         assert s.proc.wait(timeout=60) != 0
         assert "RUNNER_ISOLATION=user, but the runner cannot switch users" in s.log_text()
+
+
+def test_a_packages_build_script_runs_as_the_builds_user_never_the_runner(
+    tmp_path: Path,
+) -> None:
+    """An sdist (here a folder) builds with the team's own code: it runs as the builds' user,
+    and what it built is the runner's, which no build and no location may change."""
+    from runner import env, script
+    from runner.identity import IdRange
+
+    builder = IdRange.parse("20000-29999").builds
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    probe.chmod(0o777)  # setuptools writes its egg-info beside the sources
+    seen = tmp_path / "built-as.txt"
+    (probe / "setup.py").write_text(
+        "import os\nfrom setuptools import setup\n"
+        f"open({str(seen)!r}, 'w').write(f'{{os.getuid()}} {{os.environ.get(\"HOME\")}}')\n"
+        "setup(name='probe', version='0.1', py_modules=['probe'])\n"
+    )
+    (probe / "probe.py").write_text("VALUE = 1\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o711)
+    store = env.EnvStore(state / "envs", builder=builder)
+    meta = script.parse_metadata(
+        f'# /// script\n# dependencies = ["dagster", "probe @ {probe.as_uri()}"]\n# ///\n'
+    )
+    assert meta is not None
+    built = store.build(env.spec_for(meta))
+    uid, home = seen.read_text().split()
+    assert int(uid) == builder.uid and not home.startswith("/root")
+    owners = {p.lstat().st_uid for p in built.path.rglob("*")}
+    assert owners == {os.getuid()}  # the runner's: no later build changes it
+    assert store.lock_path(built.key).stat().st_uid == os.getuid()
+    assert store.cache is not None and store.cache.stat().st_uid == builder.uid
