@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from .identity import Identity
 from .limits import RunLimits
+from .script import short_name
 
 Kind = Literal["local", "docker", "k8s"]
 
@@ -199,7 +200,7 @@ def read_own_container() -> str | None:
 
 
 def run_env_file(state_dir: Path, location: str) -> Path:
-    return state_dir / "runs" / f"{location}.json"
+    return state_dir / "runs" / f"{short_name(location)}.json"
 
 
 def write_run_env(

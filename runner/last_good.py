@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 
 from .plan import Generation
+from .script import short_name
 
 log = logging.getLogger(__name__)
 
 
 def copy_path(state_dir: Path, gen: Generation) -> Path:
-    return state_dir / "last-good" / gen.spec.name / gen.spec.path.name
+    return state_dir / "last-good" / short_name(gen.spec.name) / gen.spec.path.name
 
 
 def keep(state_dir: Path, gen: Generation) -> None:
@@ -21,7 +22,7 @@ def keep(state_dir: Path, gen: Generation) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_bytes() != gen.spec.source:
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(".kept.tmp")  # the folder is the location's: one name fits
             tmp.write_bytes(gen.spec.source)
             tmp.replace(path)
     except OSError as exc:

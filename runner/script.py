@@ -188,3 +188,19 @@ def location_name(relpath: str) -> str:
     if safe != parts or _SUFFIX.search(name):
         name += "-" + hashlib.sha256(relpath.encode()).hexdigest()[:6]
     return name
+
+
+#: Longest location name the runner's own folders and files are named after as it is.
+SHORT_NAME_BYTES = 40
+
+
+def short_name(location: str) -> str:
+    """What the runner names the folders and files it keeps for ``location`` after (its
+    scratch folder, its outputs, its last good copy, its runs' settings): the name itself
+    when it has at most 40 bytes, else its first 24, ``~`` and a digest of the whole. A name
+    derived from a 250-byte file name then fits the file system's 255 bytes a name, and stays
+    unique: a location's name never holds a ``~`` (see :func:`location_name`)."""
+    if len(location.encode()) <= SHORT_NAME_BYTES:
+        return location
+    digest = hashlib.sha256(location.encode()).hexdigest()[:12]
+    return f"{location.encode()[:24].decode(errors='ignore')}~{digest}"

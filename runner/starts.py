@@ -25,6 +25,7 @@ from . import server as servers
 from .container_runs import ContainerRuns
 from .identity import Identities, Identity, Isolation
 from .plan import Generation
+from .script import short_name
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,10 @@ class Starts:
                 file, folder, source = gen.spec.path, None, gen.spec.source
         server_env = {**opts.inherited, **gen.spec.settings.values}
         if user is not None and opts.outputs is not None:
-            folder_of_outputs = opts.outputs / name
+            folder_of_outputs = opts.outputs / short_name(name)
             tenancy.claimed_folder(folder_of_outputs, uid=user.uid, gid=opts.service_gid)
             server_env["RUNNER_OUTPUTS"] = str(folder_of_outputs)
-        workdir = opts.state_dir / "work" / name
+        workdir = opts.state_dir / "work" / short_name(name)
         runs, run_args, entry_point = opts.container_runs, [], None
         if runs is not None and runs.kind != "local":
             env_file = container_runs.run_env_file(opts.state_dir, name)
@@ -213,7 +214,7 @@ class Starts:
 
     def _clear(self, name: str, user: Identity) -> None:
         stop_user(user, name=name)
-        tenancy.remove(self.options.state_dir / "work" / name)
+        tenancy.remove(self.options.state_dir / "work" / short_name(name))
         container_runs.run_env_file(self.options.state_dir, name).unlink(missing_ok=True)
 
     def _no_rights(self, env: envs.Env) -> str | None:

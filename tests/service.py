@@ -34,7 +34,7 @@ def asset_file(assets: list[str], *, extra_meta: str = "") -> str:
 def drop(path: Path, text: str) -> None:
     """Write a file aside and rename it in, as a copy onto a share or an editor's save does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.part"
+    tmp = path.parent / f".{path.name[:200]}.part"  # a long name's copy fits 255 bytes too
     tmp.write_text(text)
     tmp.rename(path)
 

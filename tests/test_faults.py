@@ -175,3 +175,21 @@ def test_a_git_host_that_never_answers_fails_soon_and_is_named(service: Service)
         silent.close()
         for conn in held:
             conn.close()
+
+
+def test_a_file_name_of_250_bytes_loads_runs_and_keeps_its_full_name(service: Service) -> None:
+    # 250 bytes, the longest a name gets on ext4 or SMB, two folders down: every name the
+    # runner derives from it (scratch folder, outputs, last good copy) must still fit.
+    stem = "r" * 247
+    path = service.code_dir / "team_a" / "quarterly_reports" / f"{stem}.py"
+    name = f"team_a.quarterly_reports.{stem}"
+    drop(path, asset_file(["long"]))
+    service.wait_loaded(name)
+    run_id = service.materialize_all(name)
+    assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)
+    drop(path, asset_file(["long"]) + "\ndef broken(:\n")
+    service.wait_error(f"{name}~new-version-failed", "SyntaxError")
+    assert service.locations()[name]["loadStatus"] == "LOADED"  # the last good one serves
+    assert "File name too long" not in service.log_text()
+    path.unlink()
+    wait_for("the location to go", lambda: name not in service.locations(), timeout=60)

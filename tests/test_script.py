@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from runner import script
 from runner.script import MetadataError, location_name, parse_metadata, render_block
 
 GOOD = """\
@@ -92,3 +93,13 @@ def test_names_never_collide() -> None:
         set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
         for n in names
     )
+
+
+def test_short_names_fit_and_stay_unique() -> None:
+    assert script.short_name("team_a.sales") == "team_a.sales"  # short: as it is
+    long_a, long_b = "team." + "a" * 250, "team." + "a" * 249 + "b"
+    short_a, short_b = script.short_name(long_a), script.short_name(long_b)
+    assert short_a != short_b and len(short_a.encode()) <= 40 and short_a.startswith("team.aaa")
+    # A file named like another's short name cannot take its folders: names hold no "~".
+    forged = script.location_name(f"{short_a}.py")
+    assert forged != short_a and script.short_name(forged) != short_a
