@@ -55,6 +55,7 @@ def spawn(
     user: tuple[int, int] | None = None,
     groups: Sequence[int] = (),
     umask: int = -1,
+    cgroup: Path | None = None,
 ) -> subprocess.Popen:
     """Start ``argv`` as the leader of a new session that dies with its parent.
 
@@ -62,7 +63,9 @@ def spawn(
     SIGTERM themselves, so children start with the default dispositions. ``user``: (uid, gid)
     it runs as, with no supplementary groups and no capabilities in any set, never to gain
     any (``no_new_privs``), and in the supplementary ``groups`` only; setpriv arms the
-    parent-death signal after the switch (a credential change clears it).
+    parent-death signal after the switch (a credential change clears it). ``cgroup``: the
+    ``cgroup.procs`` of the cgroup it starts in, joined before it runs (and before it
+    changes user; see :mod:`cgroup`).
     """
     prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
     if user is not None:
@@ -72,6 +75,8 @@ def spawn(
         prefix = [_SETPRIV, "--reuid", str(user[0]), "--regid", str(user[1]), *joined, "--nnp",
                   "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig", "KILL",
                   "--"]  # fmt: skip
+    if cgroup is not None:  # a shell joins the cgroup, then execs the rest: no code runs outside
+        prefix = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', str(cgroup), *prefix]
     return subprocess.Popen(
         [*prefix, *argv],
         env=dict(env) if env is not None else None,

@@ -26,6 +26,7 @@ from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
 from . import process, tenancy
+from .cgroup import Cgroup, Cgroups
 from .identity import Identity
 from .workspace import local_address
 
@@ -59,6 +60,8 @@ class CodeServer:
     user: Identity | None = None  # whom it runs as (None: the runner's own user)
     #: How it started: "warm" (forked by its environment's template) or "cold: why".
     start: str = "cold"
+    #: Where its processes are, all of them (None: found by their variable and user).
+    cgroup: Cgroup | None = None
     started: float = field(default_factory=time.monotonic)
     #: The OOM killer's count when it started: a SIGKILL is its doing only if it went up.
     oom_kills: int | None = field(default_factory=process.oom_kills)
@@ -148,7 +151,13 @@ class CodeServer:
             graceful=lambda: client.shutdown_server(timeout=5),
             grace=grace,
         )
-        # Children that left its process group (setsid, a daemonizing tool) go with it.
+        # Children that left its process group (setsid, a daemonizing tool) go with it: all
+        # of them from its cgroup; else those that kept its variable (forked ones may not).
+        if self.cgroup is not None:
+            escaped = self.cgroup.kill()
+            if escaped:
+                log.info("%s: stopped %d process(es) its server left behind: %s",
+                         self.location, len(escaped), escaped)  # fmt: skip
         escaped = process.marked(self.server_id)
         if escaped:
             log.info("%s: stopping %d process(es) its server left behind: %s", self.location,
@@ -247,6 +256,7 @@ class Request:
     cwd: Path
     user: Identity | None
     sidecar: Sidecar
+    cgroup: Cgroup | None = None  # joined before any of its code runs
 
 
 def start(
@@ -267,6 +277,7 @@ def start(
     service_gid: int | None = None,
     use_socket: bool = False,
     source: bytes | None = None,
+    cgroups: Cgroups | None = None,
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port, or on a Unix socket in its
     own folder (``use_socket``); does not wait for it.
@@ -288,7 +299,7 @@ def start(
     and the runner never writes there); the environment's own bytecode was compiled when it
     was built, and ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
     ``run_args`` and ``run_entry_point`` say how its runs start in containers (see
-    :mod:`container_runs`).
+    :mod:`container_runs`). ``cgroups``: where it gets a cgroup of its own (see :mod:`cgroup`).
     """
     short = uuid.uuid4().hex[:12]
     server_id = f"{location}-{short}"
@@ -330,7 +341,13 @@ def start(
     if run_entry_point:
         env["RUNNER_RUN_ENTRY_POINT"] = json.dumps(list(run_entry_point))
     try:
-        proc, how = (launch or spawn_cold)(Request(argv, env, workdir, user, sidecar))
+        cgroup = cgroups.make(short) if cgroups is not None else None
+        try:
+            proc, how = (launch or spawn_cold)(Request(argv, env, workdir, user, sidecar, cgroup))
+        except BaseException:
+            if cgroup is not None:
+                cgroup.kill()
+            raise
     except BaseException:
         sidecar.remove()
         raise
@@ -346,6 +363,7 @@ def start(
         start=how,
         socket=str(sidecar.socket) if use_socket else None,
         user=user,
+        cgroup=cgroup,
     )
 
 
@@ -378,5 +396,6 @@ def spawn_cold(request: Request) -> tuple[process.Proc, str]:
     proc = process.spawn(
         request.argv, env=request.env, cwd=request.cwd,
         user=(user.uid, user.gid) if user else None, umask=LOCATION_UMASK if user else -1,
+        cgroup=request.cgroup.procs if request.cgroup else None,
     )  # fmt: skip
     return proc, "cold"

@@ -22,6 +22,7 @@ from dagster._utils.error import SerializableErrorInfo
 from . import container_runs, last_good, process, tenancy, trust, warm
 from . import env as envs
 from . import server as servers
+from .cgroup import Cgroups
 from .container_runs import ContainerRuns
 from .identity import Identities, Identity, Isolation
 from .plan import Generation
@@ -95,6 +96,8 @@ class Starts:
         self._queued: dict[str, tuple[Generation, envs.Env]] = {}  # by location name
         self._for_template: set[str] = set()  # queued ones whose template is starting
         self._pool = ThreadPoolExecutor(64, "server-io")
+        #: A cgroup per server, where one can be made (see :mod:`cgroup`); made by ``begin``.
+        self.cgroups: Cgroups | None = None
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -167,7 +170,7 @@ class Starts:
                 env=server_env, workdir=workdir, sidecars=opts.state_dir / "servers",
                 log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
                 launch=launch, user=user, service_gid=opts.service_gid,
-                use_socket=opts.use_sockets, source=source,
+                use_socket=opts.use_sockets, source=source, cgroups=self.cgroups,
             )  # fmt: skip
         except warm.NotReady:
             self._queued.setdefault(name, (gen, env))
@@ -199,6 +202,20 @@ class Starts:
             if user is not None:
                 log.info("%s: its user (uid %d) is released", name, user.uid)
                 self._pool.submit(self._clear, name, user)
+
+    def begin(self) -> None:
+        """Once the runner holds the share: its cgroups made, what a killed runner left
+        behind stopped."""
+        self.cgroups, how = Cgroups.create()
+        if self.cgroups is not None:
+            log.info("code servers run %s", how)
+            if self.templates is not None:
+                self.templates.cgroup = self.cgroups.make("templates")
+        else:
+            log.info("code servers run without a cgroup each (%s): what a server leaves "
+                     "behind is found by the variable it inherits%s", how,
+                     " and by its location's user" if self.identities else "")  # fmt: skip
+        self.stop_leftovers()
 
     def stop_leftovers(self) -> None:
         """What the locations' users still run from a runner that was killed (a child that
@@ -246,6 +263,11 @@ class Starts:
             for name in sorted(self._used):
                 if name in held:
                     stop_user(held[name], name=name)
+        if self.cgroups is not None:  # the last word: nothing a server started stays
+            left = self.cgroups.kill()
+            if left:
+                log.info("stopped %d process(es) left in the servers' cgroups: %s", len(left),
+                         left)  # fmt: skip
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _wait_ready(self, name: str, serial: int, server: servers.CodeServer) -> None:

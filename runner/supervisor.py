@@ -146,7 +146,7 @@ class Supervisor:
     def run(self) -> None:
         """Reconcile until :meth:`stop`; then stop every server we started."""
         self.settings.code_dir.mkdir(parents=True, exist_ok=True)
-        self.starts.stop_leftovers()
+        self.starts.begin()
         self.publisher.start()
         log.info("full rescan every %.0fs", self.settings.rescan_every)
         try:

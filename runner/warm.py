@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import process
+from .cgroup import Cgroup
 from .identity import Identity
 from .server import Request, spawn_cold
 
@@ -193,7 +194,7 @@ class Template:
 
     def __init__(
         self, python: Path, env: Mapping[str, str], *, changed: Callable[[], None],
-        rights: Rights | None = None,
+        rights: Rights | None = None, cgroup: Cgroup | None = None,
     ) -> None:  # fmt: skip
         self.python = python
         self.state = "starting"  # -> ready | unusable | ended
@@ -216,6 +217,7 @@ class Template:
             self.proc = process.spawn(
                 [str(python), "-S", str(TEMPLATE)], env={**env, **own},
                 cwd=TEMPLATE.parent, stdin=subprocess.PIPE, pass_fds=(write,),
+                cgroup=cgroup.procs if cgroup else None,
             )  # fmt: skip
         finally:
             os.close(write)
@@ -256,6 +258,8 @@ class Template:
             pid = self._forked.pop(request_id)
         child = Forked(pid, self, request.argv)
         try:
+            if request.cgroup is not None:  # it waits for its settings: none of its code ran
+                request.cgroup.join(pid)
             _send(fifo, request.env, child)
         except OSError:
             child.send_signal(signal.SIGKILL)
@@ -319,6 +323,8 @@ class Templates:
         self._templates: dict[tuple, Template] = {}
         self._failed: dict[tuple, list[str]] = {}  # templates that ended while starting
         self._cold: dict[tuple, str] = {}  # why this key starts cold
+        #: Where templates start (their servers move to cgroups of their own at once).
+        self.cgroup: Cgroup | None = None
 
     def launch(
         self, python: Path, request: Request, *, cold: str | None = None
@@ -387,6 +393,6 @@ class Templates:
             return why
         self._templates[key] = Template(
             python, {**self._base, **startup_variables(env)}, changed=self._changed,
-            rights=self._rights,
+            rights=self._rights, cgroup=self.cgroup,
         )
         raise NotReady

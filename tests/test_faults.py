@@ -193,3 +193,42 @@ def test_a_file_name_of_250_bytes_loads_runs_and_keeps_its_full_name(service: Se
     assert "File name too long" not in service.log_text()
     path.unlink()
     wait_for("the location to go", lambda: name not in service.locations(), timeout=60)
+
+
+FORKER = """import os, time
+
+if os.fork() == 0:  # a child with no exec, in a session of its own, whose parent then ends
+    os.setsid()
+    if os.fork() == 0:
+        open({pidfile!r}, "w").write(str(os.getpid()))
+        time.sleep(3600)
+    os._exit(0)
+"""
+
+
+def forker_file(pidfile: Path, asset: str) -> str:
+    head = "import dagster as dg\n"
+    return asset_file([asset]).replace(head, head + FORKER.format(pidfile=str(pidfile)))
+
+
+def test_a_forked_servers_grandchildren_go_with_its_version_and_the_service(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    share = tmp_path / "share"
+    with running(share, state_dir, tmp_path / "service.log") as service:
+        path = service.code_dir / "forker.py"
+        first, second = tmp_path / "first.pid", tmp_path / "second.pid"
+        drop(path, forker_file(first, "one"))
+        service.wait_loaded("forker")
+        server = psutil.Process(service.server_pids("forker")[-1])
+        assert "template.py" in " ".join(server.parent().cmdline()), "not forked from a template"
+        old = int(wait_for("the first grandchild", lambda: first.exists() and first.read_text()))
+        assert alive(old) and psutil.Process(old).ppid() != server.pid  # it left the tree
+        drop(path, forker_file(second, "two"))
+        wait_for("the new version", lambda: service.asset_keys("forker") == ["two"])
+        new = int(wait_for("the second grandchild", lambda: second.exists() and second.read_text()))
+        wait_for("the old version's grandchild to be stopped", lambda: not alive(old), timeout=60)
+        assert alive(new)  # the version that serves keeps its own
+        service.stop(signal.SIGTERM)
+        wait_for("the grandchild to be stopped with the service", lambda: not alive(new))
+        service.assert_nothing_left()  # its templates too
