@@ -60,6 +60,16 @@ def bare_start(python: Path, file: Path, *, boot: bool = False) -> BareStart:
         process.stop(proc, name="bare server", grace=10)
 
 
+def env_python(pid: int) -> Path:
+    """The interpreter of the environment a code server runs in: its command line is its
+    title now, but it maps that environment's compiled modules."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[-1]
+        if "/site-packages/" in path and "/lib/python" in path:
+            return Path(path.split("/lib/python")[0]) / "bin" / "python"
+    raise LookupError(f"no environment's modules mapped by pid {pid}")
+
+
 def row(label: str, values: list[float], unit: str = "s") -> str:
     return (
         f"  {label:<48}{statistics.median(values):>8.2f}{unit}{min(values):>8.2f}{unit}"

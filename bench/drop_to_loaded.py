@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import bare_start, script
+from common import bare_start, env_python, script
 
 from tests.service import Service, drop, wait_for
 
@@ -67,7 +67,7 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
         pids = [int(p) for p in re.findall(serving, log)]
         time.sleep(2)  # at rest
         memory = [psutil.Process(pid).memory_full_info() for pid in pids]
-        python = Path(psutil.Process(pids[0]).cmdline()[0])
+        python = env_python(pids[0])
     finally:
         service.stop()
     return {"first": first, "same": same, "new": new, "python": python,

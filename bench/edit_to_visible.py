@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-from common import bare_start, header, row, script
+from common import bare_start, env_python, header, row, script
 
 from tests.service import Service, drop, wait_for
 
@@ -60,7 +59,7 @@ def measure(root: Path, starts: str, swaps: int) -> dict[str, Any]:
         stop.set()
         poller.join()
         pid = service.server_pids("edited")[-1]
-        python = Path(psutil.Process(pid).cmdline()[0])
+        python = env_python(pid)
     finally:
         service.stop()
     published = re.findall(r"published: .*; daemon ([\d.]+)s", log.read_text())

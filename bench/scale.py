@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 import yaml
-from common import MIB, PeakMemory, cpu_seconds, pss, tree
+from common import MIB, PeakMemory, cpu_seconds, env_python, pss, tree
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
@@ -127,17 +127,17 @@ class AtRest:
 
 
 def is_template(cmd: str) -> bool:
-    return "boot/template.py" in cmd
+    return cmd.startswith("dagster-code-runner: template")
 
 
 def is_runner_server(cmd: str) -> bool:
-    """A server the runner started cold (its forked ones keep their template's command)."""
-    return "boot/codeserver.py" in cmd
+    """A server the runner started, cold or forked (its title says so)."""
+    return cmd.startswith("dagster-code-runner: server") or "boot/codeserver.py" in cmd
 
 
 def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> AtRest:
-    """Memory by role. A warm-started server is a child of its template, whose command line it
-    keeps: both count as the locations' servers."""
+    """Memory by role: the templates and the servers they fork count as the locations'
+    servers."""
     groups: dict[str, list[psutil.Process]] = {"server": [], "web": [], "daemon": [], "run": []}
     templates = 0
     for proc in procs:
@@ -147,8 +147,7 @@ def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> At
             continue
         if is_template(cmd):
             groups["server"].append(proc)
-            parent = proc.parent()  # a template's children are its servers
-            templates += parent is None or not is_template(" ".join(parent.cmdline()))
+            templates += 1
         elif is_server(cmd):
             groups["server"].append(proc)
         elif "dagster_webserver" in cmd or "runner webserver" in cmd:
@@ -236,7 +235,7 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         rest = at_rest(procs, is_runner_server)
         starting = r"starting (\S+) on (?:port \d+|socket \S+) \(pid (\d+)"
         started = re.findall(starting, service.log_text())
-        pythons = {name: Path(psutil.Process(int(pid)).cmdline()[0])
+        pythons = {name: env_python(int(pid))
                    for name, pid in started if psutil.pid_exists(int(pid))}  # fmt: skip
 
         # Latency with every location serving.

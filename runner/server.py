@@ -278,6 +278,7 @@ def start(
     use_socket: bool = False,
     source: bytes | None = None,
     cgroups: Cgroups | None = None,
+    title: str = "",
 ) -> CodeServer:
     """Spawn ``dagster api grpc`` for ``file`` on a fresh port, or on a Unix socket in its
     own folder (``use_socket``); does not wait for it.
@@ -300,6 +301,7 @@ def start(
     was built, and ``PYTHONPYCACHEPREFIX`` is not an option, as it would hide that bytecode.
     ``run_args`` and ``run_entry_point`` say how its runs start in containers (see
     :mod:`container_runs`). ``cgroups``: where it gets a cgroup of its own (see :mod:`cgroup`).
+    ``title``: what ``ps`` shows for it, after ``dagster-code-runner:`` (its location's name).
     """
     short = uuid.uuid4().hex[:12]
     server_id = f"{location}-{short}"
@@ -336,6 +338,7 @@ def start(
         "PYTHONDONTWRITEBYTECODE": "1",
         "RUNNER_RELOAD_REQUEST": str(sidecar.reload_request),
         "RUNNER_LOAD_REPORT": str(sidecar.load_report),
+        "RUNNER_PROCESS_TITLE": f"dagster-code-runner: {title or f'server {location}'}",
         process.MARKER: server_id,
     }
     if run_entry_point:

@@ -171,6 +171,7 @@ class Starts:
                 log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
                 launch=launch, user=user, service_gid=opts.service_gid,
                 use_socket=opts.use_sockets, source=source, cgroups=self.cgroups,
+                title=f"server {name} gen {gen.serial}",
             )  # fmt: skip
         except warm.NotReady:
             self._queued.setdefault(name, (gen, env))

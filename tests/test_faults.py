@@ -221,7 +221,7 @@ def test_a_forked_servers_grandchildren_go_with_its_version_and_the_service(
         drop(path, forker_file(first, "one"))
         service.wait_loaded("forker")
         server = psutil.Process(service.server_pids("forker")[-1])
-        assert "template.py" in " ".join(server.parent().cmdline()), "not forked from a template"
+        assert "dagster-code-runner: template" in " ".join(server.parent().cmdline()), "cold"
         old = int(wait_for("the first grandchild", lambda: first.exists() and first.read_text()))
         assert alive(old) and psutil.Process(old).ppid() != server.pid  # it left the tree
         drop(path, forker_file(second, "two"))

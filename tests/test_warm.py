@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -196,8 +197,13 @@ def serving_pid(service: Service, name: str, *, other_than: int | None = None) -
 
 def template_of(pid: int) -> psutil.Process:
     parent = psutil.Process(pid).parent()
-    assert parent is not None and "template.py" in " ".join(parent.cmdline())
+    assert parent is not None and title(parent).startswith("dagster-code-runner: template ")
     return parent
+
+
+def title(proc: psutil.Process) -> str:
+    """What ``ps`` shows for it (its title pads its command line with NULs)."""
+    return " ".join(part for part in proc.cmdline() if part)
 
 
 @pytest.mark.slow
@@ -214,6 +220,10 @@ def test_a_warm_started_location_serves_runs_and_reloads(service: Service) -> No
     pid = serving_pid(service, "warm_a")
     assert status_rows(service)["warm_a"]["start"] == "warm"
     template = template_of(pid)
+    # ps, top and htop tell the servers and the templates apart, by location
+    assert re.fullmatch(r"dagster-code-runner: server warm_a gen \d+", title(psutil.Process(pid)))
+    assert psutil.Process(pid).name().startswith("server warm_a")  # top: 15 bytes
+    assert template.name().startswith("template ")
     assert os.getsid(pid) == pid  # a session of its own, as a cold server
     assert service.asset_keys("warm_a") == ["alpha", "first", "second"]
 
@@ -278,6 +288,8 @@ def test_a_location_that_cannot_use_a_template_starts_cold(
     pid = serving_pid(service, "warm_cold")
     start = status_rows(service)["warm_cold"]["start"]
     assert start.startswith("cold: its settings set PYTHONPATH"), start
-    assert "template.py" not in " ".join(psutil.Process(pid).parent().cmdline())
+    assert "template" not in title(psutil.Process(pid).parent())
+    cold = title(psutil.Process(pid))
+    assert re.fullmatch(r"dagster-code-runner: server warm_cold gen \d+", cold), cold
     run_id = service.materialize_all("warm_cold")
     assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)

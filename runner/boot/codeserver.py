@@ -23,6 +23,8 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   another location wrote for an asset of the same name. This one applies in the server's
   runs too: their processes import this file again as ``__mp_main__`` (multiprocessing).
 
+* ``RUNNER_PROCESS_TITLE`` becomes its process title (``ps``, ``top``; see ``title.py``).
+
 Either addition is skipped if this Dagster version does not have what it hooks into.
 """
 
@@ -108,6 +110,11 @@ def _outputs():
 
 
 def main():
+    named = os.environ.pop("RUNNER_PROCESS_TITLE", "")
+    if named:
+        import title  # from this file's folder, still sys.path[0] (a run's processes lack it)
+
+        title.set_title(named)
     sys.path[0] = os.getcwd()  # as ``python -m`` has it, not this file's folder
     if sys.argv[1:2] == ["--dagster"]:  # a run in a container: ``dagster ARGS`` (run.py)
         from dagster._cli import main as dagster_main

@@ -49,6 +49,7 @@ import time
 
 import drop  # this folder is sys.path[0]
 import guard
+import title
 
 BOOT_DIR = os.path.dirname(os.path.abspath(__file__))
 #: What a location's processes create is theirs and the service's group's, never others'.
@@ -221,6 +222,7 @@ def main():
             _reply(replies, unusable=f"it could not give up the runner's rights: {exc}")
             return 1
     import_guard = guard.install(_environment_on_path())
+    title.set_title(f"{title.PREFIX}template {os.path.basename(sys.prefix)[:12]}")
     gc.disable()  # no collections while importing: fewer pages touched, faster
     try:
         _warm_up()
