@@ -47,16 +47,18 @@ def time_to_loaded(service: Service, path: Path, text: str) -> float:
 def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
     """The runner in ``mode`` (``starts/isolation``): drop files, time them, look at a server."""
     starts, isolation = mode.split("/")
-    share = root / f"share-{starts}-{isolation}"
+    share = root / f"share-{starts}-{isolation}{'' if files else '-prebuild'}"
     share.mkdir()
     share.chmod(0o755)
-    service = Service(share, root / "state", log=root / f"service-{starts}-{isolation}.log",
+    service = Service(share, root / "state", log=share.with_suffix(".log"),
                       env={"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation})  # fmt: skip
     try:
         wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
         code = service.code_dir
         code.mkdir(parents=True, exist_ok=True)
         first = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
+        if not files:
+            return {"first": first}
         same = [time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
                 for i in range(files)]  # fmt: skip
         meta = [f'# [tool.bench]\n# n = "{starts}{isolation}{i}"\n' for i in range(files)]
@@ -85,7 +87,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         root.chmod(0o711)  # locations' users pass through to their environments and files
-        runs = {mode: measure(root, mode, args.files) for mode in args.modes.split(",")}
+        modes = args.modes.split(",")
+        measure(root, modes[0], 0)  # builds the environment: every mode's first file finds it
+        runs = {mode: measure(root, mode, args.files) for mode in modes}
         python, file = next(iter(runs.values()))["python"], root / "bare.py"
         file.write_text(script(["number_0"]))
         bare, booted = [], []
@@ -100,7 +104,7 @@ def main() -> None:
     rows = []
     for mode, run in runs.items():
         rows += [
-            (f"runner ({mode}), first file (env built)", [run["first"]]),
+            (f"runner ({mode}), first file of the service", [run["first"]]),
             (f"runner ({mode}), same env (env already built)", run["same"]),
             (f"runner ({mode}), new env (warm uv cache)", run["new"]),
         ]

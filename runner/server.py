@@ -382,6 +382,11 @@ def _folders(
         tenancy.runner_folder(shared)
     group = service_gid if service_gid is not None else os.getgid()
     tenancy.owned_folder(sidecar.folder, uid=user.uid, gid=group, mode=0o2770)
+    try:
+        if os.lstat(workdir).st_uid != user.uid:  # another identity's scratch: not for this one
+            tenancy.remove(workdir)
+    except FileNotFoundError:
+        pass
     tenancy.owned_folder(workdir, uid=user.uid, gid=user.gid, mode=0o700)
     tenancy.owned_folder(workdir / "tmp", uid=user.uid, gid=user.gid, mode=0o700)
 

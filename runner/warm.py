@@ -53,6 +53,11 @@ BOOT_ATTEMPTS = 3
 EXIT_REPORT_WAIT = 2.0
 
 
+#: Why an environment's first server starts cold: its template imports Dagster meanwhile, and
+#: would take as long as a cold start before it could fork (later starts wait for it).
+FIRST_START = "its environment's template is starting (the first server does not wait for it)"
+
+
 class NotReady(Exception):
     """The environment's template is still starting: try again when it is ready."""
 
@@ -323,6 +328,7 @@ class Templates:
         self._templates: dict[tuple, Template] = {}
         self._failed: dict[tuple, list[str]] = {}  # templates that ended while starting
         self._cold: dict[tuple, str] = {}  # why this key starts cold
+        self._started: set[tuple] = set()  # keys that have had a template
         #: Where templates start (their servers move to cgroups of their own at once).
         self.cgroup: Cgroup | None = None
 
@@ -395,4 +401,7 @@ class Templates:
             python, {**self._base, **startup_variables(env)}, changed=self._changed,
             rights=self._rights, cgroup=self.cgroup,
         )
+        if key not in self._started:  # the first start never waits longer than a cold one
+            self._started.add(key)
+            return FIRST_START
         raise NotReady

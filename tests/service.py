@@ -39,6 +39,15 @@ def drop(path: Path, text: str) -> None:
     tmp.rename(path)
 
 
+def warm_up(service: Service, name: str = "warm_up") -> None:
+    """Serve a file of the common environment (``asset_file``'s), so that later starts in it
+    are forked: an environment's first server starts cold while its template starts."""
+    shown = wait_for("the webserver", lambda: [service.locations()], timeout=180)[0]
+    if shown.get(name, {}).get("loadStatus") != "LOADED":
+        drop(service.code_dir / f"{name}.py", asset_file([name]))
+        service.wait_loaded(name)
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

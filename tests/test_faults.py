@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.service import Service, alive, asset_file, drop, running, wait_for
+from tests.service import Service, alive, asset_file, drop, running, wait_for, warm_up
 
 pytestmark = pytest.mark.slow
 
@@ -216,6 +216,7 @@ def test_a_forked_servers_grandchildren_go_with_its_version_and_the_service(
 ) -> None:
     share = tmp_path / "share"
     with running(share, state_dir, tmp_path / "service.log") as service:
+        warm_up(service)
         path = service.code_dir / "forker.py"
         first, second = tmp_path / "first.pid", tmp_path / "second.pid"
         drop(path, forker_file(first, "one"))
@@ -232,3 +233,20 @@ def test_a_forked_servers_grandchildren_go_with_its_version_and_the_service(
         service.stop(signal.SIGTERM)
         wait_for("the grandchild to be stopped with the service", lambda: not alive(new))
         service.assert_nothing_left()  # its templates too
+
+
+def test_a_broken_file_is_said_at_most_three_times_in_the_log(service: Service) -> None:
+    # The runner's line, the webserver's and the daemon's warnings: the server says nothing.
+    names = [f"loud_{i}" for i in range(5)]
+    head = "import dagster as dg\n"
+    for i, name in enumerate(names):
+        broken = asset_file([name]).replace(head, f"{head}raise ValueError('loud-{i}')\n")
+        drop(service.code_dir / f"{name}.py", broken)
+    for i, name in enumerate(names):
+        service.wait_error(name, f"loud-{i}")
+    said = {i: lambda i=i: service.log_text().count(f"ValueError: loud-{i}") for i in range(5)}
+    wait_for("the daemon's warnings", lambda: all(n() >= 3 for n in said.values()), timeout=90)
+    time.sleep(5)  # whatever else would say it
+    assert {i: n() for i, n in said.items()} == dict.fromkeys(range(5), 3)
+    for name in names:
+        (service.code_dir / f"{name}.py").unlink()

@@ -23,7 +23,7 @@ import yaml
 
 from tests.conftest import passable
 from tests.needs import missing
-from tests.service import Service, drop, running, wait_for
+from tests.service import Service, drop, running, wait_for, warm_up
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +142,8 @@ def tenants(
     log = share.parent / f"{share.name}-service.log"
     with running(share, state_dir, log, env=env) as service:
         service.settings = settings  # type: ignore[attr-defined]
+        if request.param == "warm":
+            warm_up(service)  # the next files are forked from their environment's template
         yield service
         print(f"--- service log ({log}) ---\n" + service.log_text()[-20000:])
 

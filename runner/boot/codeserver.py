@@ -24,6 +24,8 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   runs too: their processes import this file again as ``__mp_main__`` (multiprocessing).
 
 * ``RUNNER_PROCESS_TITLE`` becomes its process title (``ps``, ``top``; see ``title.py``).
+* A file that fails to load is said once in the service's log, by the runner (the UI shows
+  the whole traceback): the server does not log its own copy of it.
 
 Either addition is skipped if this Dagster version does not have what it hooks into.
 """
@@ -100,6 +102,20 @@ def _hook_outputs(folder):
     DagsterInstance.storage_directory = lambda self: folder
 
 
+#: What Dagster's code server logs, with the traceback, when the file fails to load.
+LOAD_ERROR = "Error while importing code"
+
+
+def _quiet_load_error():
+    import logging
+
+    class NotTheLoadError(logging.Filter):
+        def filter(self, record):
+            return record.msg != LOAD_ERROR
+
+    logging.getLogger("dagster.code_server").addFilter(NotTheLoadError())
+
+
 def _outputs():
     folder = os.environ.get("RUNNER_OUTPUTS")  # kept: the server's runs need it too
     if folder:
@@ -134,6 +150,7 @@ def main():
                 print(f"runner: {variable} not available: {exc!r}", file=sys.stderr)
     from dagster._cli import main as dagster_main
 
+    _quiet_load_error()
     sys.argv = ["dagster", "api", "grpc", *sys.argv[1:]]
     sys.exit(dagster_main())
 
