@@ -244,7 +244,7 @@ def _webserver(args: argparse.Namespace) -> None:
 
     from . import reload
 
-    reload.patch()
+    reload.patch(follow=True)
     if os.environ.get("RUNNER_ISOLATION") == "user":
         instance.share_new_sqlite_files()
     webserver(

@@ -5,8 +5,8 @@ daemon has not loaded fails at once. Stock ``dagster-daemon run`` re-reads works
 only every 60 s (``RELOAD_WORKSPACE_INTERVAL``), so this module runs the same controller
 with its own check loop: every 50 ms it looks at workspace.yaml, loads what changed in it
 (see ``reload``) when the file changed, and records the digest it has loaded in an acknowledgement
-file beside workspace.yaml. The runner reloads the webserver only once the daemon has
-acknowledged the new version, so a location visible in the UI can always be run.
+file beside workspace.yaml (see ``follow``). The webserver takes a new version in only once the
+daemon has acknowledged it, so a location visible in the UI can always be run.
 
 This leans on Dagster internals (``daemon_controller_from_instance`` and the controller's
 ``_workspace_process_context``); the Dagster version is pinned in pyproject.toml and
@@ -15,63 +15,14 @@ This leans on Dagster internals (``daemon_controller_from_instance`` and the con
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .workspace import write_if_changed
+from .follow import HEARTBEAT_EVERY, file_digest, write_ack
+from .follow import ack_path as _ack_path
 
 log = logging.getLogger(__name__)
-
-ACK_NAME = ".workspace-daemon.json"
-HEARTBEAT_EVERY = 5.0
-#: An acknowledgement older than this means no daemon is following the workspace.
-ACK_FRESH_FOR = 30.0
-
-
-def file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-@dataclass(frozen=True)
-class Ack:
-    digest: str | None  # digest of the workspace.yaml the daemon has loaded (None: starting)
-    heartbeat: float  # wall-clock time of the daemon's last write
-    pid: int
-    host: str
-
-    def fresh(self, now: float | None = None) -> bool:
-        return ((now or time.time()) - self.heartbeat) < ACK_FRESH_FOR
-
-
-def ack_path(workspace: Path) -> Path:
-    return workspace.parent / ACK_NAME
-
-
-def read_ack(workspace: Path) -> Ack | None:
-    try:
-        data = json.loads(ack_path(workspace).read_text())
-        return Ack(data["digest"], float(data["heartbeat"]), int(data["pid"]), str(data["host"]))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_ack(workspace: Path, digest: str | None) -> None:
-    ack = {
-        "digest": digest,
-        "heartbeat": time.time(),
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
-    write_if_changed(ack_path(workspace), json.dumps(ack) + "\n")
 
 
 def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text") -> None:
@@ -133,4 +84,4 @@ def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text")
     except KeyboardInterrupt:
         pass
     finally:
-        ack_path(workspace).unlink(missing_ok=True)
+        _ack_path(workspace).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from . import provenance
 from .env import Resolution
 from .plan import Location, Served
 from .status import ignored_warning
@@ -39,10 +40,11 @@ def entries(
             broken, file = current.load_error is not None, current.spec.relpath
             warning = ignored_warning(current.ignored) if current.ignored else ""
             resolved = resolution(current.env.key)
+            facts = provenance.facts(current.spec, current.env.key, resolved)
             out.append(Entry(loc.name, host, current.server.port, broken, file,
                              current.server.server_id, warning,
                              resolved.describe() if resolved else "",
-                             current.server.socket or ""))  # fmt: skip
+                             current.server.socket or "", tuple(facts.items())))  # fmt: skip
             if shown is not None:
                 out.append(Entry(loc.name + FAILED_SUFFIX, host, shown.port, True, file,
                                  shown.server_id, socket=shown.socket or ""))  # fmt: skip

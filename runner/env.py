@@ -89,18 +89,28 @@ class EnvSpec:
         return self.key[:12]
 
 
+#: How each kind of resolution reads, after the versions it gave.
+HOW_PINNED = {
+    "own": "as the file's own lockfile pins them",
+    "kept": "as the runner locked them when it first built this metadata",
+    "fresh": "resolved for this build, and locked for later ones",
+}
+
+
 @dataclass(frozen=True)
 class Resolution:
     """How a built environment was resolved, and the versions of what the file asks for."""
 
     pins: Pins
     versions: dict[str, str]  # dagster and the file's direct dependencies
+    #: The digest of the lock its packages were installed from (None: built before this
+    #: was recorded).
+    lock_sha256: str | None = None
 
     def describe(self) -> str:
-        how = {"own": "its own lockfile", "kept": "the runner's kept resolution",
-               "fresh": "a fresh resolution (now kept)"}[self.pins]  # fmt: skip
+        how = HOW_PINNED[self.pins]
         listed = ", ".join(f"{name} {version}" for name, version in self.versions.items())
-        return f"{listed} (from {how})" if listed else f"from {how}"
+        return f"{listed} ({how})" if listed else how
 
 
 def spec_for(
@@ -195,7 +205,11 @@ class EnvStore:
             return self._resolutions[key]
         try:
             data = json.loads((self.path(key) / RESOLUTION_FILE).read_text())
-            found = Resolution(pins=data["pins"], versions=dict(data["versions"]))
+            lock_sha256 = data.get("lock_sha256")
+            if lock_sha256 is None and self.lock_path(key).exists():  # built before it was kept
+                lock_sha256 = script.digest_bytes(self.lock_path(key).read_bytes())
+            found = Resolution(pins=data["pins"], versions=dict(data["versions"]),
+                               lock_sha256=lock_sha256)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             return None
         self._resolutions[key] = found
@@ -306,9 +320,13 @@ class EnvStore:
         versions = {n: locked[n] for n in map(_normalize, spec.direct) if n in locked}
         if self.builder is not None:  # what it built is the runner's now: no build changes it
             tenancy.claimed_by_runner(staging)
-        (staging / RESOLUTION_FILE).write_text(json.dumps({"pins": pins, "versions": versions}))
+        locked_text = lock.read_text()
+        (staging / RESOLUTION_FILE).write_text(json.dumps({
+            "pins": pins, "versions": versions,
+            "lock_sha256": script.digest_bytes(locked_text.encode()),
+        }))  # fmt: skip
         tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(lock.read_text())
+        tmp.write_text(locked_text)
         tmp.replace(kept)
         final = self.path(spec.key)
         try:

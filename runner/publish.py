@@ -1,5 +1,10 @@
 """Publish workspace versions in order: file, then daemon, then webserver.
 
+Webservers started as ``runner webserver`` follow the file themselves, after the daemon
+(see :mod:`follow`): the publisher waits until each has the new version. A webserver that
+does not (a stock ``dagster-webserver`` at ``webserver_url``) is asked to re-read the file
+with the ``reloadWorkspace`` mutation, once the daemon has it.
+
 A background thread so the reconcile loop never blocks on a slow reload. It always publishes
 the newest version submitted (intermediate ones are skipped), and reports the newest version
 that is fully published, so the loop knows when a retired server is no longer referenced.
@@ -13,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import daemon, metrics, workspace
+from . import follow, metrics, workspace
 
 #: Seconds the daemon has to take a new workspace in before the webserver is reloaded anyway.
 DAEMON_TIMEOUT = 60.0
@@ -78,11 +83,11 @@ class Publisher:
         started = time.monotonic()
         text = workspace.render(entries, static)
         workspace.write_if_changed(self.path, text)
-        digest = daemon.file_digest(self.path)
+        digest = follow.file_digest(self.path)
         if not self._wait_for_daemon(digest, version):
             return
         daemon_done = time.monotonic()
-        if self.webserver_url and not self._reload_webserver(version, entries):
+        if not self._webservers_have(digest, version, entries):
             return
         self.published = version
         metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
@@ -99,7 +104,7 @@ class Publisher:
         """Wait until a live daemon has loaded ``digest``; False if superseded meanwhile."""
         deadline = time.monotonic() + DAEMON_TIMEOUT
         while True:
-            ack = daemon.read_ack(self.path)
+            ack = follow.read_ack(self.path)
             if ack is None or not ack.fresh():
                 if not self._warned_no_daemon:
                     log.warning(
@@ -125,9 +130,33 @@ class Publisher:
                 return True
             time.sleep(0.05)
 
+    def _webservers_have(
+        self, digest: str | None, version: int, entries: list[workspace.Entry]
+    ) -> bool:
+        """Wait until every webserver following the file has ``digest`` (else reload the one
+        at ``webserver_url``); False if superseded meanwhile."""
+        deadline = time.monotonic() + DAEMON_TIMEOUT + follow.DAEMON_TIMEOUT
+        while True:
+            acks = follow.webserver_acks(self.path)
+            if not acks:
+                return not self.webserver_url or self._reload_webserver(version, entries)
+            if all(ack.digest == digest for ack in acks):
+                return True
+            if self._newer_wanted(version):
+                return False
+            if time.monotonic() > deadline:
+                log.warning("webserver(s) %s have not taken workspace v%d in; going on",
+                            ", ".join(f"pid {a.pid} on {a.host}" for a in acks
+                                      if a.digest != digest), version)  # fmt: skip
+                return True
+            with self._cond:
+                self._cond.wait(timeout=0.02)
+
     def _reload_webserver(self, version: int, entries: list[workspace.Entry]) -> bool:
         delay, failures = 0.5, 0
         while True:
+            if follow.webserver_acks(self.path):  # it follows the file now: nothing to ask
+                return self._webservers_have(follow.file_digest(self.path), version, entries)
             try:
                 statuses = workspace.reload_webserver(self.webserver_url)
             except workspace.ReloadError as exc:

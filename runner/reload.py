@@ -15,14 +15,18 @@ Dagster range and kept to this module; ``tests/test_reload.py`` fails loudly if 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from dagster._core.remote_origin import CodeLocationOrigin, GrpcServerCodeLocationOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.workspace import CodeLocationEntry, CurrentWorkspace
 from dagster._utils.error import SerializableErrorInfo
 
+from .follow import WebserverFollower, file_digest
 from .workspace import SERVER_ID
 
 log = logging.getLogger(__name__)
@@ -57,14 +61,30 @@ def _unreachable(error: SerializableErrorInfo) -> bool:
 def refresh_changed(context: WorkspaceProcessContext, *, reload: bool) -> Outcome:
     """Bring ``context`` to the workspace file's current entries, loading only what changed.
 
-    ``reload``: reload the code of reloaded entries that do not name a server (what the UI's
-    "Reload all" asks of a ``dagster code-server start``), as Dagster's ``reload_workspace``.
+    ``reload``: what the UI's "Reload all" asks, as Dagster's ``reload_workspace``: reload
+    the code of reloaded entries that do not name a server (a ``dagster code-server start``),
+    and retry every runner location that failed to load: its server is asked to reload, as
+    the location's own Reload does, and the runner starts a fresh one (the code may import
+    fine now: a database that was down, a package published since).
     """
+    with _refreshing(context):  # the follower and a user's "Reload all" take turns
+        return _refresh(context, reload=reload)
+
+
+def _refreshing(context: WorkspaceProcessContext) -> threading.Lock:
+    lock = context.__dict__.get("_runner_refresh")
+    if lock is None:
+        lock = context.__dict__.setdefault("_runner_refresh", threading.Lock())
+    return lock
+
+
+def _refresh(context: WorkspaceProcessContext, *, reload: bool) -> Outcome:
     origins = {origin.location_name: origin for origin in context._origins}
     old: Mapping[str, CodeLocationEntry] = context._current_workspace.code_location_entries
-    kept = {name: old[name] for name, origin in origins.items() if keeps(old.get(name), origin)}
+    kept = {name: old[name] for name, origin in origins.items()
+            if keeps(old.get(name), origin) and not (reload and _failed(old[name]))}  # fmt: skip
     fresh = {
-        name: context._load_location(origin, reload=reload and not _names_server(origin))
+        name: context._load_location(origin, reload=reload and _retries(origin, old.get(name)))
         for name, origin in origins.items()
         if name not in kept
     }
@@ -91,15 +111,27 @@ def refresh_changed(context: WorkspaceProcessContext, *, reload: bool) -> Outcom
     return Outcome(tuple(fresh), len(kept), len(set(old) - set(origins)))
 
 
+def _failed(entry: CodeLocationEntry) -> bool:
+    return entry.load_error is not None
+
+
+def _retries(origin: CodeLocationOrigin, entry: CodeLocationEntry | None) -> bool:
+    """Whether "Reload all" asks this entry's server to reload: a user's own entry, or a
+    runner location whose server could not load its file (a loaded one never changes)."""
+    return not _names_server(origin) or (entry is not None and entry.origin == origin
+                                         and _failed(entry))  # fmt: skip
+
+
 def _names_server(origin: CodeLocationOrigin) -> bool:
     return isinstance(origin, GrpcServerCodeLocationOrigin) and SERVER_ID in (
         origin.additional_metadata or {}
     )
 
 
-def patch() -> None:
+def patch(*, follow: bool = False) -> None:
     """Make this process's workspaces (webserver or daemon) take in changes as above, and
-    not watch the runner's servers.
+    not watch the runner's servers; ``follow`` (the webserver): each workspace read from a
+    file follows that file (see :mod:`follow`).
 
     Dagster pings every ``grpc_server`` location's server once a second from a watch thread,
     to notice a server that restarted with a new id. The runner's servers never do: a new
@@ -120,3 +152,41 @@ def patch() -> None:
 
     WorkspaceProcessContext.reload_workspace = reload_workspace  # type: ignore[method-assign]
     WorkspaceProcessContext._start_watch_thread = _start_watch_thread  # type: ignore[method-assign]
+    if follow:
+        _follow_files()
+
+
+def _follow_files() -> None:
+    init, shut = WorkspaceProcessContext.__init__, WorkspaceProcessContext.__exit__
+
+    def __init__(self: WorkspaceProcessContext, *args: Any, **kwargs: Any) -> None:
+        target = kwargs.get("workspace_load_target", args[1] if len(args) > 1 else None)
+        paths = list(getattr(target, "paths", None) or [])
+        loaded = file_digest(Path(paths[0])) if len(paths) == 1 else None  # before it loads
+        init(self, *args, **kwargs)
+        if len(paths) == 1:
+            follower = WebserverFollower(
+                Path(paths[0]), loaded, lambda: _refreshed(self)
+            )
+            self.__dict__["_runner_follower"] = follower
+            follower.start()
+
+    def __exit__(self: WorkspaceProcessContext, *args: Any) -> Any:
+        follower = self.__dict__.pop("_runner_follower", None)
+        if follower is not None:
+            follower.stop()
+        return shut(self, *args)
+
+    WorkspaceProcessContext.__init__ = __init__  # type: ignore[method-assign]
+    WorkspaceProcessContext.__exit__ = __exit__  # type: ignore[method-assign]
+
+
+def _refreshed(context: WorkspaceProcessContext) -> None:
+    outcome = refresh_changed(context, reload=False)
+    entries = context._current_workspace.code_location_entries
+    for name in outcome.loaded:  # what the runner did not report already
+        error = entries[name].load_error
+        if error is not None and (not _names_server(entries[name].origin) or _unreachable(error)):
+            log.warning("could not load %s: %s", name, error.message.strip().splitlines()[0])
+    log.info("workspace followed: %d loaded, %d kept, %d removed",
+             len(outcome.loaded), outcome.kept, outcome.removed)  # fmt: skip

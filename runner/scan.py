@@ -11,6 +11,7 @@ file open.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import posixpath
@@ -42,6 +43,11 @@ class LocationSpec:
     #: The file's bytes as read: a copy serves this version again if it must restart after
     #: the file has changed (see ``Prepare.last_good``).
     source: bytes = field(default=b"", repr=False, compare=False)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The digest of the file's own bytes, as ``sha256sum FILE`` prints it."""
+        return script.digest_bytes(self.source)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dagster._utils.error import SerializableErrorInfo
 
-from . import container_runs, last_good, process, tenancy, trust, warm
+from . import container_runs, last_good, process, provenance, tenancy, trust, warm
 from . import env as envs
 from . import server as servers
 from .cgroup import Cgroups
@@ -77,6 +77,7 @@ class Starts:
         wake: Callable[[], None] = lambda: None,
         identities: Identities | None = None,
         lock_path: Callable[[str], Path] | None = None,
+        resolution: Callable[[str], envs.Resolution | None] = lambda key: None,
     ) -> None:
         self.options = options
         isolation = options.isolation if options.isolation and options.isolation.on else None
@@ -89,6 +90,7 @@ class Starts:
             if options.warm_starts else None
         )  # fmt: skip
         self._lock_path = lock_path
+        self._resolution = resolution  # how an environment was resolved: its lock's digest
         self._used: set[str] = set()  # names this runner started servers for
         self._foreign: dict[str, str | None] = {}  # env key -> why its template holds no rights
         self._start_server = start_server  # the one place a code server process starts
@@ -149,6 +151,8 @@ class Starts:
                 # Not readable by its user (or the last good copy): serve a copy it can read.
                 file, folder, source = gen.spec.path, None, gen.spec.source
         server_env = {**opts.inherited, **gen.spec.settings.values}
+        facts = provenance.facts(gen.spec, env.key, self._resolution(env.key))
+        server_env[provenance.VARIABLE] = provenance.variable(facts)  # its runs tag themselves
         if user is not None and opts.outputs is not None:
             folder_of_outputs = opts.outputs / short_name(name)
             tenancy.claimed_folder(folder_of_outputs, uid=user.uid, gid=opts.service_gid)

@@ -62,6 +62,10 @@ class FileStatus:
     #: How the environment it serves with was resolved: own (its lockfile), kept, fresh.
     pins: str | None = None
     versions: dict[str, str] | None = None  # of dagster and the file's direct dependencies
+    #: What its runs are tagged with (see :mod:`provenance`): the file's digest, and the
+    #: digest of the lock its environment was installed from.
+    sha256: str | None = None
+    lock_sha256: str | None = None
     error: str | None = None  # why it failed, in full, while it is failed
     last_error: str | None = None  # the most recent error, kept after recovery
     last_error_at: float | None = None
@@ -113,6 +117,8 @@ def describe(
         variables=gen.spec.settings.names if gen else (),
         pins=resolved.pins if resolved else None,
         versions=resolved.versions if resolved else None,
+        sha256=(shown or gen).spec.sha256 if (shown or gen) else None,
+        lock_sha256=resolved.lock_sha256 if resolved else None,
         error=error.to_string() if error else None,
         last_error=loc.last_error.to_string() if loc.last_error else None,
         last_error_at=wall(loc.last_error_at) if loc.last_error_at is not None else None,
@@ -312,6 +318,10 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
         if row.get("pins"):
             resolved = Resolution(row["pins"], row.get("versions") or {})
             lines.append(f"\n{row['location']} versions: {resolved.describe()}")
+        if row.get("sha256"):
+            lock = f", lock sha256 {row['lock_sha256']}" if row.get("lock_sha256") else ""
+            lines.append(f"\n{row['location']} version: file sha256 {row['sha256']}, "
+                         f"environment {row.get('env') or '-'}{lock}")  # fmt: skip
         if row.get("settings"):
             lines.append(
                 f"\n{row['location']} settings: {', '.join(row['settings'])} "

@@ -92,7 +92,8 @@ class Supervisor:
                       if settings.isolated and settings.isolation else None)  # fmt: skip
         self.starts = Starts(settings.server_options(), start_server=start_server,
                              done=self.inbox.put, wake=self.wake, identities=identities,
-                             lock_path=self.store.lock_path)  # fmt: skip
+                             lock_path=self.store.lock_path,
+                             resolution=self.store.resolution)  # fmt: skip
         self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
                                        clock=clock)  # fmt: skip
         self.errors = ErrorServers(

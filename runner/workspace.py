@@ -44,6 +44,8 @@ class Entry:
     warning: str = ""  # shown with the location in the UI (e.g. definitions Dagster dropped)
     versions: str = ""  # shown with the location: dagster's and its dependencies' versions
     socket: str = ""  # the server's Unix socket, instead of host and port
+    #: Shown with the location: what its runs are tagged with (see :mod:`provenance`).
+    provenance: tuple[tuple[str, str], ...] = ()
 
 
 def _grpc_server(entry: Entry) -> dict:
@@ -55,6 +57,7 @@ def _grpc_server(entry: Entry) -> dict:
             metadata["versions"] = entry.versions
         if entry.warning:
             metadata["warning"] = entry.warning
+        metadata.update({name: value for name, value in entry.provenance if name != "file"})
         config["additional_metadata"] = metadata
     return {"grpc_server": config}
 

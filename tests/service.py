@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -167,6 +168,32 @@ class WebClient:
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
 
+    def location_metadata(self, name: str) -> dict[str, str]:
+        """What the UI shows beside the location ``name`` (its display metadata)."""
+        data = self.graphql(
+            "{ workspaceOrError { ... on Workspace { locationEntries { name "
+            "displayMetadata { key value } } } } }"
+        )
+        entries = data["workspaceOrError"]["locationEntries"]
+        [entry] = [e for e in entries if e["name"] == name]
+        return {m["key"]: m["value"] for m in entry["displayMetadata"]}
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        data = self.graphql(
+            """query($id: ID!) { runOrError(runId: $id) { __typename
+                 ... on Run { tags { key value } } } }""",
+            {"id": run_id},
+        )
+        return {t["key"]: t["value"] for t in data["runOrError"]["tags"]}
+
+    def reload_all(self) -> None:
+        """The UI's "Reload all": the mutation the UI sends, by its own name."""
+        data = self.graphql(
+            """mutation ReloadWorkspaceMutation { reloadWorkspace { __typename
+                 ... on PythonError { message } } }"""
+        )
+        assert data["reloadWorkspace"]["__typename"] == "Workspace", data
+
     def run_status(self, run_id: str) -> str:
         data = self.graphql(
             """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }""",
@@ -244,6 +271,11 @@ class Service(WebClient):
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         self.descendants()  # remember what runs now, to check cleanup later
         return super().graphql(query, variables)
+
+    def status_rows(self) -> dict[str, dict[str, Any]]:
+        """``runner status --json``'s rows, by file: what the runner last wrote."""
+        data = json.loads((self.share / "dagster_home" / ".runner-status.json").read_text())
+        return {row["file"]: row for row in data["files"]}
 
     def server_pids(self, name: str) -> list[int]:
         """Pids of the code servers the runner logged as serving ``name``, oldest first."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import daemon
+from runner import follow
 from runner.server import free_port
 from runner.workspace import Entry, render, write_if_changed
 from tests.service import ROOT, wait_for
@@ -61,9 +61,9 @@ def test_daemon_follows_workspace_changes_and_acknowledges_them(tmp_path: Path) 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()[-3000:]
-    assert daemon.read_ack(workspace) is None  # a stopped daemon is not waited for
+    assert follow.read_ack(workspace) is None  # a stopped daemon is not waited for
 
 
 def _acked(workspace: Path) -> bool:
-    ack = daemon.read_ack(workspace)
-    return ack is not None and ack.fresh() and ack.digest == daemon.file_digest(workspace)
+    ack = follow.read_ack(workspace)
+    return ack is not None and ack.fresh() and ack.digest == follow.file_digest(workspace)

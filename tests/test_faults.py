@@ -3,6 +3,7 @@ and harms nothing else."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import passable
 from tests.service import Service, alive, asset_file, drop, running, wait_for, warm_up
 
 pytestmark = pytest.mark.slow
@@ -145,6 +147,15 @@ def test_a_second_runner_on_the_share_waits_and_takes_over(tmp_path: Path, state
             assert "runner pid" in second.log_text() and "serves this share" in second.log_text()
             time.sleep(5)
             assert "starting shared" not in second.log_text()  # only the owner serves
+            # The standby's UI follows what the owner serves: a new file, an edit, a removal.
+            drop(first.code_dir / "later.py", asset_file(["later"]))
+            second.wait_loaded("later", timeout=120)
+            drop(first.code_dir / "shared.py", asset_file(["s", "s2"]))
+            wait_for("the edit on the standby's UI", lambda: second.asset_keys("shared") == [
+                "s", "s2"])  # fmt: skip
+            (first.code_dir / "later.py").unlink()
+            wait_for("the removal on the standby's UI", lambda: "later" not in second.locations())
+            assert "starting later" not in second.log_text()
             first.stop()
             assert not alive(escaped)  # the whole service's stop took it too
             # Its webserver still shows the first runner's entries until the takeover.
@@ -249,4 +260,85 @@ def test_a_broken_file_is_said_at_most_three_times_in_the_log(service: Service) 
     time.sleep(5)  # whatever else would say it
     assert {i: n() for i, n in said.items()} == dict.fromkeys(range(5), 3)
     for name in names:
+        (service.code_dir / f"{name}.py").unlink()
+
+
+def test_a_run_is_tagged_with_the_file_version_environment_and_lock_that_ran_it(
+    service: Service,
+) -> None:
+    path = service.code_dir / "traced.py"
+    drop(path, asset_file(["traced"]))
+    service.wait_loaded("traced")
+    run_id = service.materialize_all("traced")
+    assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)
+    tags = service.run_tags(run_id)
+    row = service.status_rows()["traced.py"]
+    env_path = Path(row["env_path"])
+    lock = env_path.parent / ".scripts" / f"{env_path.name}.py.lock"
+    expected = {
+        "dagster-code-runner/file": "traced.py",
+        "dagster-code-runner/sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "dagster-code-runner/lock-sha256": hashlib.sha256(lock.read_bytes()).hexdigest(),
+    }
+    assert {k: tags.get(k) for k in expected} == expected, tags
+    environment = tags["dagster-code-runner/environment"]
+    assert environment.startswith(row["env"]) and environment[:32] == env_path.name
+    # The UI shows the same beside the location, and so does ``runner status``.
+    shown = service.location_metadata("traced")
+    assert shown["sha256"] == expected["dagster-code-runner/sha256"]
+    assert shown["environment"] == environment
+    assert shown["lock-sha256"] == expected["dagster-code-runner/lock-sha256"]
+    assert "(resolved for this build, and locked for later ones)" in shown["versions"] or (
+        "(as the runner locked them when it first built this metadata)" in shown["versions"]
+    )
+    assert row["sha256"] == expected["dagster-code-runner/sha256"]
+    assert row["lock_sha256"] == expected["dagster-code-runner/lock-sha256"]
+    path.unlink()
+
+
+def importing(assets: list[str], line: str) -> str:
+    """A file of ``assets`` that runs ``line`` as it is imported."""
+    return asset_file(assets).replace("import dagster as dg\n", f"import dagster as dg\n{line}\n")
+
+
+def test_a_missing_package_says_to_add_it_to_the_files_dependencies(service: Service) -> None:
+    # bs4 is in no environment here; a helper module named like a boot module of the runner
+    # ("title") beside the file is the file's own, warm or cold.
+    folder = service.code_dir / "scraping"
+    drop(folder / "title.py", "HEADLINE = 'from the helper'\n")
+    drop(folder / "soup.py", importing(["soup"], "import bs4"))
+    drop(folder / "headline.py", importing(["headline"], "from title import HEADLINE"))
+    message = service.wait_error("scraping.soup", "not installed", timeout=120)
+    first = message.strip().splitlines()[0]
+    assert "`bs4` is not installed in this file's environment" in first, message
+    assert 'add "beautifulsoup4" to the `dependencies`' in first, message
+    assert "No module named 'bs4'" in message  # Dagster's own text stays below
+    wait_for("the advice in runner status", lambda: "`bs4` is not installed" in (
+        service.status_rows()["scraping/soup.py"].get("error") or ""))  # fmt: skip
+    service.wait_loaded("scraping.headline")
+    # A module missing beside the file is a folder problem: Dagster's text, unchanged.
+    drop(folder / "local.py", importing(["local"], "import title.sub"))
+    other = service.wait_error("scraping.local", "No module named 'title.sub'", timeout=120)
+    assert "not installed in this file's environment" not in other
+    for name in ("soup", "headline", "local", "title"):
+        (folder / f"{name}.py").unlink()
+
+
+def test_reload_all_retries_every_failed_location(service: Service, tmp_path: Path) -> None:
+    # Fails while a flag is missing: a database down at import, a package not yet published.
+    flag = passable(tmp_path) / "database-is-up"  # outside the share: no file changes
+    moody = importing(["moody"], f"import os\nif not os.path.exists({str(flag)!r}):\n"
+                      "    raise RuntimeError('the database is down')")  # fmt: skip
+    drop(service.code_dir / "moody_a.py", moody)
+    drop(service.code_dir / "moody_b.py", moody)
+    service.wait_error("moody_a", "the database is down")
+    service.wait_error("moody_b", "the database is down")
+    flag.write_text("up\n")
+    flag.chmod(0o644)
+    time.sleep(3)  # nothing changed on the share: they stay failed until asked
+    assert service.error_of("moody_a") is not None
+    service.reload_all()
+    service.wait_loaded("moody_a", timeout=120)
+    service.wait_loaded("moody_b", timeout=120)
+    for name in ("moody_a", "moody_b"):
         (service.code_dir / f"{name}.py").unlink()

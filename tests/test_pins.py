@@ -47,7 +47,7 @@ def test_locked_versions_and_how_a_resolution_is_described() -> None:
     assert env.locked_versions(LOCK) == {"six": "1.16.0", "dagster": "1.13.27"}
     assert env.locked_versions("not = [toml") == {}
     described = env.Resolution("own", {"dagster": "1.13.27", "six": "1.16.0"}).describe()
-    assert described == "dagster 1.13.27, six 1.16.0 (from its own lockfile)"
+    assert described == "dagster 1.13.27, six 1.16.0 (as the file's own lockfile pins them)"
 
 
 def test_adding_editing_and_removing_a_lock_changes_the_files_version(tmp_path: Path) -> None:
@@ -78,7 +78,8 @@ def test_status_says_how_a_file_is_pinned_and_its_versions() -> None:
     snapshot = status.Snapshot({"pid": 1, "host": "h", "files": [status._jsonable(row)]},
                                running=True, why_not=None)  # fmt: skip
     text = status.render(snapshot)
-    assert "pipe versions: dagster 1.13.27, six 1.16.0 (from the runner's kept resolution)" in text
+    assert ("pipe versions: dagster 1.13.27, six 1.16.0 (as the runner locked them when it "
+            "first built this metadata)") in text
 
 
 def test_dagsters_libraries_beside_a_lock_are_the_release_of_its_dagster() -> None:

@@ -23,6 +23,12 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   another location wrote for an asset of the same name. This one applies in the server's
   runs too: their processes import this file again as ``__mp_main__`` (multiprocessing).
 
+* With ``RUNNER_PROVENANCE`` (JSON), every run it executes is tagged with what ran it, as
+  the run starts (see ``runner/provenance.py``); in the server's runs too.
+
+* A file that imports a package its environment lacks is told, before Dagster's own text,
+  to add it to its ``dependencies`` (see ``missing.py``).
+
 * ``RUNNER_PROCESS_TITLE`` becomes its process title (``ps``, ``top``; see ``title.py``).
 * A file that fails to load is said once in the service's log, by the runner (the UI shows
   the whole traceback): the server does not log its own copy of it.
@@ -102,6 +108,29 @@ def _hook_outputs(folder):
     DagsterInstance.storage_directory = lambda self: folder
 
 
+def _hook_missing(advice):
+    """Say first what to do when the file imports a package its environment lacks."""
+    from dagster._core import code_pointer
+    from dagster._core.errors import DagsterImportError
+    from dagster._core.workspace import autodiscovery
+
+    load = code_pointer.load_python_file
+
+    def load_python_file(python_file, working_directory, *args, **kwargs):
+        try:
+            return load(python_file, working_directory, *args, **kwargs)
+        except DagsterImportError as exc:
+            cause = exc.__cause__
+            said = None
+            if isinstance(cause, ModuleNotFoundError):
+                said = advice(cause.name, os.path.dirname(os.path.abspath(python_file)))
+            if said is None:
+                raise
+            raise DagsterImportError(f"{said}\n\n{exc}") from cause
+
+    code_pointer.load_python_file = autodiscovery.load_python_file = load_python_file
+
+
 #: What Dagster's code server logs, with the traceback, when the file fails to load.
 LOAD_ERROR = "Error while importing code"
 
@@ -116,21 +145,52 @@ def _quiet_load_error():
     logging.getLogger("dagster.code_server").addFilter(NotTheLoadError())
 
 
-def _outputs():
-    folder = os.environ.get("RUNNER_OUTPUTS")  # kept: the server's runs need it too
-    if folder:
-        try:
-            _hook_outputs(folder)
-        except Exception as exc:  # another Dagster version: outputs go where it puts them
-            print(f"runner: RUNNER_OUTPUTS not available: {exc!r}", file=sys.stderr)
+def _hook_provenance(tags):
+    """Tag each run this process executes, as it starts: Dagster's run worker
+    (``dagster api execute_run``, ``resume_run``) and a code server's run process both
+    execute a run through ``core_execute_run``."""
+    from dagster._cli import api
+    from dagster._grpc import impl
+
+    tags = json.loads(tags)
+    execute = impl.core_execute_run
+
+    def core_execute_run(recon_job, dagster_run, instance, *args, **kwargs):
+        instance.add_run_tags(dagster_run.run_id, tags)
+        yield from execute(recon_job, dagster_run, instance, *args, **kwargs)
+
+    impl.core_execute_run = api.core_execute_run = core_execute_run
+
+
+def _for_runs():
+    """What the server's runs need too (kept in the environment: their processes read it)."""
+    for variable, hook in (
+        ("RUNNER_OUTPUTS", _hook_outputs),
+        ("RUNNER_PROVENANCE", _hook_provenance),
+    ):
+        value = os.environ.get(variable)
+        if value:
+            try:
+                hook(value)
+            except Exception as exc:  # another Dagster version: runs go without it
+                print(f"runner: {variable} not available: {exc!r}", file=sys.stderr)
+
+
+def _own(name):
+    """A module of this file's folder (still ``sys.path[0]``; a run's processes lack it), not
+    left in ``sys.modules``: the file may import a helper of the same name from its own."""
+    import importlib
+
+    module = importlib.import_module(name)
+    del sys.modules[name]
+    return module
 
 
 def main():
     named = os.environ.pop("RUNNER_PROCESS_TITLE", "")
     if named:
-        import title  # from this file's folder, still sys.path[0] (a run's processes lack it)
-
-        title.set_title(named)
+        _own("title").set_title(named)
+    missing = _own("missing")
     sys.path[0] = os.getcwd()  # as ``python -m`` has it, not this file's folder
     if sys.argv[1:2] == ["--dagster"]:  # a run in a container: ``dagster ARGS`` (run.py)
         from dagster._cli import main as dagster_main
@@ -148,6 +208,10 @@ def main():
                 hook(path)
             except Exception as exc:  # another Dagster version: serve without it
                 print(f"runner: {variable} not available: {exc!r}", file=sys.stderr)
+    try:
+        _hook_missing(missing.advice)
+    except Exception as exc:  # another Dagster version: its own text only
+        print(f"runner: missing-package advice not available: {exc!r}", file=sys.stderr)
     from dagster._cli import main as dagster_main
 
     _quiet_load_error()
@@ -156,7 +220,7 @@ def main():
 
 
 if __name__ == "__main__":
-    _outputs()
+    _for_runs()
     main()
 elif __name__ == "__mp_main__":  # a run's process (multiprocessing's spawn)
-    _outputs()
+    _for_runs()

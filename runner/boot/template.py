@@ -52,6 +52,9 @@ import guard
 import title
 
 BOOT_DIR = os.path.dirname(os.path.abspath(__file__))
+#: The modules of this folder the template imports: gone from ``sys.modules`` before a
+#: child runs codeserver.py, as they are in a cold server.
+OWN_MODULES = ("codeserver", "drop", "guard", "title", "stub")
 #: What a location's processes create is theirs and the service's group's, never others'.
 LOCATION_UMASK = 0o007
 
@@ -126,6 +129,8 @@ def _become(request, closing, boot_environ, import_guard):
     os.environ.clear()
     os.environ.update(_started_with(env, boot_environ))
     sys.meta_path.remove(import_guard)
+    for name in OWN_MODULES:  # the file may import a helper of the same name from its own
+        sys.modules.pop(name, None)
     _site()
     gc.enable()
     # Run as ``__main__`` from its path, as ``python codeserver.py`` does: multiprocessing's
