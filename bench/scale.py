@@ -40,8 +40,8 @@ from pathlib import Path
 import psutil
 import yaml
 from common import MIB, PeakMemory, cpu_seconds, env_python, pss, tree
+from dagster import deserialize_value
 from dagster._grpc.client import DagsterGrpcClient
-from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
 from runner import env as envs

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from dagster import serialize_value
 from dagster._grpc.__generated__ import dagster_api_pb2
 from dagster._grpc.__generated__.dagster_api_pb2_grpc import (
     DagsterApiServicer,
     add_DagsterApiServicer_to_server,
 )
-from dagster._serdes import serialize_value
 from dagster._utils.error import SerializableErrorInfo
 
 from . import tenancy

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagster import deserialize_value
 from dagster._grpc.__generated__ import dagster_api_pb2
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import GetCurrentRunsResult
-from dagster._serdes import deserialize_value
 from dagster._utils.error import SerializableErrorInfo
 
 from . import process, tenancy

@@ -170,12 +170,11 @@ def test_an_oom_kill_is_reported_on_the_run_it_killed(tmp_path: Path, finished: 
     tests/test_compose.py): the run's failure if it had not ended, else an event beside it."""
     import importlib.util
 
-    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster import DagsterInstance, DagsterRunStatus, serialize_value
     from dagster._core.code_pointer import FileCodePointer
     from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
     from dagster._core.storage.dagster_run import DagsterRun
     from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import serialize_value
 
     spec = importlib.util.spec_from_file_location("run_boot", container_runs.RUN_BOOT)
     assert spec is not None and spec.loader is not None

@@ -63,9 +63,8 @@ def human(amount):
 
 def report_oom(args, killed):
     """Say on the run that it went over its memory limit."""
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, deserialize_value
     from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
-    from dagster._serdes import deserialize_value
 
     limit = memory_limit()
     message = (
