@@ -57,8 +57,19 @@ def role_command(role: str, args: argparse.Namespace, where: paths.Layout) -> li
     py = sys.executable
     if role == "webserver":
         fmt = ["--log-format", "json"] if args.log_format == "json" else []
-        return [py, "-m", "runner", "webserver", "-h", args.host, "-p", str(args.port),
-                "-w", str(where.workspace), *fmt]  # fmt: skip
+        return [
+            py,
+            "-m",
+            "runner",
+            "webserver",
+            "-h",
+            args.host,
+            "-p",
+            str(args.port),
+            "-w",
+            str(where.workspace),
+            *fmt,
+        ]
     if role == "daemon":
         return [py, "-m", "runner", "daemon", "--share", str(where.share)]
     return [py, "-m", "runner", "serve", "--share", str(where.share)]
@@ -79,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         # image with its own command (the file's python, the run boot script, its args).
         os.execvp(argv[0], argv)
     args = parse_args(argv)
-    setup_logging(os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint",
-                  fmt=args.log_format)  # fmt: skip
+    setup_logging(
+        os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint", fmt=args.log_format
+    )
     where = paths.layout(args.share)
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -130,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     children: dict[str, object] = {}
     for role in order:
         as_service = owner if role != "runner" else None  # the runner switches users itself
-        children[role] = process.spawn(role_command(role, args, where), env=env, user=as_service,
-                                       groups=[g for g in os.getgroups() if g != 0])  # fmt: skip
+        children[role] = process.spawn(
+            role_command(role, args, where),
+            env=env,
+            user=as_service,
+            groups=[g for g in os.getgroups() if g != 0],
+        )
         who = f", uid {owner[0]}" if as_service else ""
         log.info("started %s (pid %d%s)", role, children[role].pid, who)
     if "webserver" in roles:
@@ -152,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             exit_code = 1
             break
     if signals_seen:
-        log.info("%s received: stopping %s", signal.Signals(signals_seen[0][0]).name,
-                 ", ".join(order))  # fmt: skip
+        log.info(
+            "%s received: stopping %s", signal.Signals(signals_seen[0][0]).name, ", ".join(order)
+        )
 
     # A second signal during shutdown skips the grace periods. One Ctrl-C can arrive twice
     # (from the terminal, and forwarded by `uv run`): a repeat within a second is the same.
@@ -172,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     # The runner stops its code servers itself (about 10 s at most); the others are quicker.
     graces = {"runner": 12.0, "webserver": 8.0, "daemon": 8.0}
     stoppers = [
-        threading.Thread(target=process.stop, args=(proc,),
-                         kwargs={"name": role, "grace": graces[role]})
+        threading.Thread(
+            target=process.stop, args=(proc,), kwargs={"name": role, "grace": graces[role]}
+        )
         for role, proc in children.items()
-    ]  # fmt: skip
+    ]
     for t in stoppers:
         t.start()
     for t in stoppers:

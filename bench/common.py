@@ -39,12 +39,23 @@ def bare_start(python: Path, file: Path, *, boot: bool = False) -> BareStart:
     hooks = {"RUNNER_RELOAD_REQUEST": f"{file}.reload", "RUNNER_LOAD_REPORT": f"{file}.json"}
     started = time.perf_counter()
     proc = process.spawn(
-        [str(python), *command, "--python-file", str(file),
-         "--working-directory", str(file.parent), "--host", "127.0.0.1", "--port", str(port),
-         "--lazy-load-user-code"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(python),
+            *command,
+            "--python-file",
+            str(file),
+            "--working-directory",
+            str(file.parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lazy-load-user-code",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, **hooks} if boot else None,
-    )  # fmt: skip
+    )
     try:
         while True:
             try:

@@ -50,8 +50,12 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
     share = root / f"share-{starts}-{isolation}{'' if files else '-prebuild'}"
     share.mkdir()
     share.chmod(0o755)
-    service = Service(share, root / "state", log=share.with_suffix(".log"),
-                      env={"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation})  # fmt: skip
+    service = Service(
+        share,
+        root / "state",
+        log=share.with_suffix(".log"),
+        env={"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation},
+    )
     try:
         wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
         code = service.code_dir
@@ -59,11 +63,15 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
         first = time_to_loaded(service, code / "warmup.py", script(["number_0"]))
         if not files:
             return {"first": first}
-        same = [time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
-                for i in range(files)]  # fmt: skip
+        same = [
+            time_to_loaded(service, code / f"same_{i}.py", script([f"number_{i}"]))
+            for i in range(files)
+        ]
         meta = [f'# [tool.bench]\n# n = "{starts}{isolation}{i}"\n' for i in range(files)]
-        new = [time_to_loaded(service, code / f"new_{i}.py", script([f"n_{i}"], extra_meta=m))
-               for i, m in enumerate(meta)]  # fmt: skip
+        new = [
+            time_to_loaded(service, code / f"new_{i}.py", script([f"n_{i}"], extra_meta=m))
+            for i, m in enumerate(meta)
+        ]
         log = service.log_text()
         serving = r"serving same_\d+ on (?:port \d+|socket \S+) \(pid (\d+)\)"
         pids = [int(p) for p in re.findall(serving, log)]
@@ -72,16 +80,24 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
         python = env_python(pids[0])
     finally:
         service.stop()
-    return {"first": first, "same": same, "new": new, "python": python,
-            "pss": statistics.median(m.pss for m in memory),
-            "rss": statistics.median(m.rss for m in memory)}  # fmt: skip
+    return {
+        "first": first,
+        "same": same,
+        "new": new,
+        "python": python,
+        "pss": statistics.median(m.pss for m in memory),
+        "rss": statistics.median(m.rss for m in memory),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=5, help="files per case (default 5)")
-    parser.add_argument("--modes", default="warm/user,warm/none,cold/user,cold/none",
-                        help="RUNNER_STARTS/RUNNER_ISOLATION pairs to measure")  # fmt: skip
+    parser.add_argument(
+        "--modes",
+        default="warm/user,warm/none,cold/user,cold/none",
+        help="RUNNER_STARTS/RUNNER_ISOLATION pairs to measure",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -120,9 +136,11 @@ def main() -> None:
         )
     for mode, run in runs.items():
         same = statistics.median(run["same"])
-        print(f"{mode}: same env {same / load:.2f}x a bare spawn -> file loaded; one "
-              f"location's server at rest: {run['pss'] / mib:.1f} MiB PSS, "
-              f"{run['rss'] / mib:.0f} MiB RSS")  # fmt: skip
+        print(
+            f"{mode}: same env {same / load:.2f}x a bare spawn -> file loaded; one "
+            f"location's server at rest: {run['pss'] / mib:.1f} MiB PSS, "
+            f"{run['rss'] / mib:.0f} MiB RSS"
+        )
     print(f"bare server after loading: {statistics.median(b.rss for b in bare) / mib:.0f} MiB RSS")
 
 

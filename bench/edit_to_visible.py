@@ -29,8 +29,9 @@ from tests.service import Service, drop, wait_for
 def measure(root: Path, starts: str, swaps: int) -> dict[str, Any]:
     """The runner with RUNNER_STARTS=``starts``: ``swaps`` edits of one served file."""
     log = root / f"service-{starts}.log"
-    service = Service(root / f"share-{starts}", root / "state", log=log,
-                      env={"RUNNER_STARTS": starts})  # fmt: skip
+    service = Service(
+        root / f"share-{starts}", root / "state", log=log, env={"RUNNER_STARTS": starts}
+    )
     try:
         path = service.code_dir / "edited.py"
         drop(path, script(["v0"]))
@@ -53,8 +54,12 @@ def measure(root: Path, starts: str, swaps: int) -> dict[str, Any]:
         for i in range(1, swaps + 1):
             drop(path, script([f"v{i}"]))
             saved = time.perf_counter()
-            wait_for(f"v{i}", lambda i=i: service.asset_keys("edited") == [f"v{i}"],
-                     timeout=120, every=0.05)  # fmt: skip
+            wait_for(
+                f"v{i}",
+                lambda i=i: service.asset_keys("edited") == [f"v{i}"],
+                timeout=120,
+                every=0.05,
+            )
             times.append(time.perf_counter() - saved)
         stop.set()
         poller.join()
@@ -64,8 +69,14 @@ def measure(root: Path, starts: str, swaps: int) -> dict[str, Any]:
         service.stop()
     published = re.findall(r"published: .*; daemon ([\d.]+)s", log.read_text())
     daemon = [float(x) for x in published[2:]]
-    return {"times": times, "python": python, "daemon": daemon,
-            "unavailable": unavailable[0], "queries": queries[0], "path": path}  # fmt: skip
+    return {
+        "times": times,
+        "python": python,
+        "daemon": daemon,
+        "unavailable": unavailable[0],
+        "queries": queries[0],
+        "path": path,
+    }
 
 
 def main() -> None:
@@ -85,9 +96,11 @@ def main() -> None:
         print(row(f"runner ({mode}): save -> new asset listed", run["times"]))
     print(row("bare dagster api grpc: spawn -> ping", bare))
     for mode, run in runs.items():
-        print(f"{mode}: GraphQL answers that saw the location unavailable during the swaps: "
-              f"{run['unavailable']} of {run['queries']}; over a bare server start: "
-              f"{statistics.median(run['times']) / statistics.median(bare) - 1:+.0%}")  # fmt: skip
+        print(
+            f"{mode}: GraphQL answers that saw the location unavailable during the swaps: "
+            f"{run['unavailable']} of {run['queries']}; over a bare server start: "
+            f"{statistics.median(run['times']) / statistics.median(bare) - 1:+.0%}"
+        )
         print(row(f"{mode}: workspace.yaml written -> daemon reloaded", run["daemon"]))
     print("  (stock dagster-daemon: up to 60 s, RELOAD_WORKSPACE_INTERVAL)")
 

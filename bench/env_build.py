@@ -57,10 +57,12 @@ def main() -> None:
             figures["baseline"].append(timed(lambda i=i: baseline(root / f"base{i}", spec)))
     print(f"environment build from a warm uv cache, dependencies {args.deps} ({args.runs} runs)")
     print(f"  {'':<46}{'median':>8}{'min':>8}{'max':>8}")
-    for key, label in (("fresh", "no lock: resolved afresh, then kept"),
-                       ("kept", "no lock: from the runner's kept resolution"),
-                       ("own", "from the file's own lock"),
-                       ("baseline", "baseline: uv sync --script, no lock")):  # fmt: skip
+    for key, label in (
+        ("fresh", "no lock: resolved afresh, then kept"),
+        ("kept", "no lock: from the runner's kept resolution"),
+        ("own", "from the file's own lock"),
+        ("baseline", "baseline: uv sync --script, no lock"),
+    ):
         v = figures[key]
         print(f"  {label:<46}{statistics.median(v):>7.2f}s{min(v):>7.2f}s{max(v):>7.2f}s")
 
@@ -74,10 +76,18 @@ def baseline(folder: Path, spec: env.EnvSpec) -> None:
     meta.write_text(script.render_block(spec.metadata))
     venv = folder / "venv"
     environ = {**os.environ, "VIRTUAL_ENV": str(venv), "UV_COMPILE_BYTECODE": "1"}
-    subprocess.run([uv.find_uv_bin(), "venv", "--relocatable", "--quiet", str(venv)],
-                   check=True, env=environ, cwd=folder)  # fmt: skip
-    subprocess.run([uv.find_uv_bin(), "sync", "--script", str(meta), "--active", "--quiet"],
-                   check=True, env=environ, cwd=folder)  # fmt: skip
+    subprocess.run(
+        [uv.find_uv_bin(), "venv", "--relocatable", "--quiet", str(venv)],
+        check=True,
+        env=environ,
+        cwd=folder,
+    )
+    subprocess.run(
+        [uv.find_uv_bin(), "sync", "--script", str(meta), "--active", "--quiet"],
+        check=True,
+        env=environ,
+        cwd=folder,
+    )
 
 
 if __name__ == "__main__":

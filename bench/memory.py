@@ -62,8 +62,9 @@ def measure(root: Path, mode: str, files: int, settle: float) -> dict[str, float
         path.write_text(pipeline(i, deps))
         os.utime(path, (old, old))
     starts = "cold" if mode == "cold" else "warm"
-    service = Service(share, root / "state", log=root / f"{mode}.log",
-                      env={"RUNNER_STARTS": starts})  # fmt: skip
+    service = Service(
+        share, root / "state", log=root / f"{mode}.log", env={"RUNNER_STARTS": starts}
+    )
     try:
         names = {f"loc_{i}" for i in range(files)}
         wait_for("every location LOADED", lambda: loaded_names(service) >= names, timeout=600)
@@ -79,8 +80,9 @@ def measure(root: Path, mode: str, files: int, settle: float) -> dict[str, float
                 out["ksmd"] = 100 * (sum(thread.cpu_times()[:2]) - cpu) / out["settled"]
         procs = tree([psutil.Process(service.proc.pid)])
         rest = at_rest(procs, is_runner_server)
-        servers = [p for p in procs if is_template(cmd := " ".join(p.cmdline()))
-                   or is_runner_server(cmd)]  # fmt: skip
+        servers = [
+            p for p in procs if is_template(cmd := " ".join(p.cmdline())) or is_runner_server(cmd)
+        ]
         out["per_location"] = rest.servers / files
         out["processes"] = rest.server_count
         out["median_process"] = statistics.median(pss([p]) for p in servers)
@@ -116,14 +118,18 @@ def main() -> None:
     print(f"{args.files} locations in one environment, at rest (PSS)")
     print(f"  {'':<14}{'per location':>14}{'per process':>14}{'processes':>11}{'service':>10}")
     for mode, r in results.items():
-        print(f"  {mode:<14}{r['per_location'] / MIB:>10.1f} MiB{r['median_process'] / MIB:>10.1f}"
-              f" MiB{r['processes']:>11.0f}{r['total'] / MIB:>6.0f} MiB")  # fmt: skip
+        print(
+            f"  {mode:<14}{r['per_location'] / MIB:>10.1f} MiB{r['median_process'] / MIB:>10.1f}"
+            f" MiB{r['processes']:>11.0f}{r['total'] / MIB:>6.0f} MiB"
+        )
     if "warm+ksm" in results:
         r = results["warm+ksm"]
-        print(f"KSM: two full scans took {r['settled']:.0f} s; its thread used "
-              f"{r.get('ksmd', float('nan')):.1f} % of one core meanwhile "
-              f"(pages_to_scan {(KSM / 'pages_to_scan').read_text().strip()}, "
-              f"sleep_millisecs {(KSM / 'sleep_millisecs').read_text().strip()})")  # fmt: skip
+        print(
+            f"KSM: two full scans took {r['settled']:.0f} s; its thread used "
+            f"{r.get('ksmd', float('nan')):.1f} % of one core meanwhile "
+            f"(pages_to_scan {(KSM / 'pages_to_scan').read_text().strip()}, "
+            f"sleep_millisecs {(KSM / 'sleep_millisecs').read_text().strip()})"
+        )
     cold = results["cold"]["per_location"]
     for mode in modes[1:]:
         print(f"{mode}: {results[mode]['per_location'] / cold:.0%} of cold starts per location")

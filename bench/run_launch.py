@@ -80,9 +80,11 @@ def main() -> None:
 
     print(f"run launch (GraphQL mutation sent) -> event, {args.runs} runs each, one at a time")
     print(f"  {'':<48}{'median':>9}{'min':>9}{'max':>9}")
-    for key, what in (("worker", "run worker started (RUN_START)"),
-                      ("step", "first step started (STEP_START)"),
-                      ("success", "run succeeded")):  # fmt: skip
+    for key, what in (
+        ("worker", "run worker started (RUN_START)"),
+        ("step", "first step started (STEP_START)"),
+        ("success", "run succeeded"),
+    ):
         for label in ("local", "container"):
             print(row(f"{label + ':':<11}{what}", results[label][key]))
     extra = statistics.median(results["container"]["step"]) - statistics.median(

@@ -106,8 +106,11 @@ def wait_all_loaded(
         if done and not first:
             first.append(time.perf_counter() - started)
         if time.perf_counter() - last_said[0] > 15:
-            print(f"  ... {label}: {len(done)}/{len(names)} loaded after "
-                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr)  # fmt: skip
+            print(
+                f"  ... {label}: {len(done)}/{len(names)} loaded after "
+                f"{time.perf_counter() - started:.0f}s",
+                file=sys.stderr,
+            )
             last_said[0] = time.perf_counter()
         return done == names
 
@@ -235,8 +238,9 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         rest = at_rest(procs, is_runner_server)
         starting = r"starting (\S+) on (?:port \d+|socket \S+) \(pid (\d+)"
         started = re.findall(starting, service.log_text())
-        pythons = {name: env_python(int(pid))
-                   for name, pid in started if psutil.pid_exists(int(pid))}  # fmt: skip
+        pythons = {
+            name: env_python(int(pid)) for name, pid in started if psutil.pid_exists(int(pid))
+        }
 
         # Latency with every location serving.
         deps0 = pipeline(0, ()).split("# ///\n")[0]  # metadata of an environment in use
@@ -256,11 +260,15 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
             drop(code / f"{name}.py", pipeline(index, deps, revision=1))
             t0 = time.perf_counter()
             wanted = f"asset_{index}_0_r1"
-            wait_for(f"{name} revision 1", lambda n=name, w=wanted: w in service.asset_keys(n),
-                     every=0.05)  # fmt: skip
+            wait_for(
+                f"{name} revision 1",
+                lambda n=name, w=wanted: w in service.asset_keys(n),
+                every=0.05,
+            )
             edits.append(time.perf_counter() - t0)
-        published = re.findall(r"published: .*; daemon ([\d.]+)s, webserver ([\d.]+)s",
-                               service.log_text())[-2 * args.samples:]  # fmt: skip
+        published = re.findall(
+            r"published: .*; daemon ([\d.]+)s, webserver ([\d.]+)s", service.log_text()
+        )[-2 * args.samples :]
 
         time.sleep(10)
         procs = tree([entry])
@@ -282,18 +290,32 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
     restart_cold, service = _start(share, root, "runner-restart-cold", set(files), cold=True)
     service.stop(signal.SIGTERM, timeout=60)
     return RunnerResult(
-        cold, restart, restart_cold, rest, drops, edits,
-        [float(d) for d, _ in published], [float(w) for _, w in published],
-        idle_runner, idle_service, big_runner, big_service, pythons,
-    )  # fmt: skip
+        cold,
+        restart,
+        restart_cold,
+        rest,
+        drops,
+        edits,
+        [float(d) for d, _ in published],
+        [float(w) for _, w in published],
+        idle_runner,
+        idle_service,
+        big_runner,
+        big_service,
+        pythons,
+    )
 
 
 def _start(
     share: Path, root: Path, label: str, names: set[str], *, cold: bool = False
 ) -> tuple[Startup, Service]:
     started = time.perf_counter()
-    service = Service(share, root / "state", log=root / f"{label}.log",
-                      env={"RUNNER_STARTS": "cold" if cold else "warm"})  # fmt: skip
+    service = Service(
+        share,
+        root / "state",
+        log=root / f"{label}.log",
+        env={"RUNNER_STARTS": "cold" if cold else "warm"},
+    )
     try:
         with PeakMemory([psutil.Process(service.proc.pid)]) as peak:
             wait_for("the webserver", lambda: service.locations() is not None, timeout=300)
@@ -342,27 +364,62 @@ def bench_baseline(
             for name, python in pythons.items():
                 file = code / f"{name}.py"
                 procs[name] = process.spawn(
-                    [str(python), "-m", "dagster", "code-server", "start", "-f", str(file),
-                     "--working-directory", str(code), "-h", "127.0.0.1",
-                     "-p", str(ports[name]), "--location-name", name],
-                    env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    [
+                        str(python),
+                        "-m",
+                        "dagster",
+                        "code-server",
+                        "start",
+                        "-f",
+                        str(file),
+                        "--working-directory",
+                        str(code),
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(ports[name]),
+                        "--location-name",
+                        name,
+                    ],
+                    env=env,
+                    cwd=code,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
                 roots.append(psutil.Process(procs[name].pid))
             for name, port in ports.items():
                 wait_for(f"code server {name}", lambda p=port: answers(p), timeout=1200)
             workspace = home / "workspace.yaml"
-            workspace.write_text(yaml.safe_dump({"load_from": [
-                {"grpc_server": {"host": "127.0.0.1", "port": p, "location_name": n}}
-                for n, p in ports.items()
-            ]}))  # fmt: skip
+            workspace.write_text(
+                yaml.safe_dump(
+                    {
+                        "load_from": [
+                            {"grpc_server": {"host": "127.0.0.1", "port": p, "location_name": n}}
+                            for n, p in ports.items()
+                        ]
+                    }
+                )
+            )
             web_port = free_port("127.0.0.1")
             for role, argv in (
-                ("webserver", ["-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(web_port),
-                               "-w", str(workspace)]),
+                (
+                    "webserver",
+                    [
+                        "-m",
+                        "dagster_webserver",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(web_port),
+                        "-w",
+                        str(workspace),
+                    ],
+                ),
                 ("daemon", ["-m", "dagster._daemon", "run", "-w", str(workspace)]),
-            ):  # fmt: skip
-                procs[role] = process.spawn([sys.executable, *argv], env=env, cwd=home,
-                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            ):
+                procs[role] = process.spawn(
+                    [sys.executable, *argv], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+                )
                 roots.append(psutil.Process(procs[role].pid))
             client = WebClient(f"http://127.0.0.1:{web_port}")
             wait_for("the baseline webserver", lambda: client.locations() is not None, timeout=300)
@@ -430,8 +487,10 @@ def main() -> None:
 
     n = args.files
     print(f"{n} files, {args.sets} dependency sets; {machine()}")
-    print(f"(uv cache warmed in {warm:.0f}s; the runner then builds its {args.sets} "
-          "environments from it, the baseline reuses them)")  # fmt: skip
+    print(
+        f"(uv cache warmed in {warm:.0f}s; the runner then builds its {args.sets} "
+        "environments from it, the baseline reuses them)"
+    )
     print(f"  {'':<52}{'runner':>12}{'code-server':>14}")
 
     def line(label: str, ours_value: str, base_value: str = "") -> None:
@@ -439,50 +498,83 @@ def main() -> None:
 
     line("cold start (envs built first) -> first LOADED", f"{ours.cold.first:.1f} s")
     line(f"cold start (envs built first) -> all {n} LOADED", f"{ours.cold.all:.1f} s")
-    line("start, envs built -> first location LOADED", f"{ours.restart.first:.1f} s",
-         f"{base.startup.first:.1f} s")  # fmt: skip
-    line(f"start, envs built -> all {n} LOADED", f"{ours.restart.all:.1f} s",
-         f"{base.startup.all:.1f} s")  # fmt: skip
+    line(
+        "start, envs built -> first location LOADED",
+        f"{ours.restart.first:.1f} s",
+        f"{base.startup.first:.1f} s",
+    )
+    line(
+        f"start, envs built -> all {n} LOADED",
+        f"{ours.restart.all:.1f} s",
+        f"{base.startup.all:.1f} s",
+    )
     line("  the same, RUNNER_STARTS=cold: first LOADED", f"{ours.restart_cold.first:.1f} s")
     line(f"  the same, RUNNER_STARTS=cold: all {n} LOADED", f"{ours.restart_cold.all:.1f} s")
     peak = max(ours.cold.peak_pss, ours.restart.peak_pss)
-    line("peak memory of the whole service (PSS)", f"{peak / MIB:.0f} MiB",
-         f"{base.startup.peak_pss / MIB:.0f} MiB")  # fmt: skip
-    line("at rest, whole service (PSS)", f"{ours.rest.total / MIB:.0f} MiB",
-         f"{base.rest.total / MIB:.0f} MiB")  # fmt: skip
-    line("at rest, per location: its server(s)", f"{ours.rest.servers / n / MIB:.1f} MiB",
-         f"{base.rest.servers / n / MIB:.1f} MiB")  # fmt: skip
+    line(
+        "peak memory of the whole service (PSS)",
+        f"{peak / MIB:.0f} MiB",
+        f"{base.startup.peak_pss / MIB:.0f} MiB",
+    )
+    line(
+        "at rest, whole service (PSS)",
+        f"{ours.rest.total / MIB:.0f} MiB",
+        f"{base.rest.total / MIB:.0f} MiB",
+    )
+    line(
+        "at rest, per location: its server(s)",
+        f"{ours.rest.servers / n / MIB:.1f} MiB",
+        f"{base.rest.servers / n / MIB:.1f} MiB",
+    )
     line(
         "at rest, per location: whole service / locations",
         f"{ours.rest.total / n / MIB:.1f} MiB",
         f"{base.rest.total / n / MIB:.1f} MiB",
     )
-    line("at rest: webserver", f"{ours.rest.webserver / MIB:.0f} MiB",
-         f"{base.rest.webserver / MIB:.0f} MiB")  # fmt: skip
-    line("at rest: daemon", f"{ours.rest.daemon / MIB:.0f} MiB",
-         f"{base.rest.daemon / MIB:.0f} MiB")  # fmt: skip
+    line(
+        "at rest: webserver",
+        f"{ours.rest.webserver / MIB:.0f} MiB",
+        f"{base.rest.webserver / MIB:.0f} MiB",
+    )
+    line(
+        "at rest: daemon", f"{ours.rest.daemon / MIB:.0f} MiB", f"{base.rest.daemon / MIB:.0f} MiB"
+    )
     line("at rest: runner + entrypoint", f"{ours.rest.runner / MIB:.0f} MiB", "-")
-    line("processes serving the locations", str(ours.rest.server_count),
-         str(base.rest.server_count))  # fmt: skip
+    line(
+        "processes serving the locations", str(ours.rest.server_count), str(base.rest.server_count)
+    )
     line("  of which warm-start templates", str(ours.rest.templates), "-")
-    line("idle CPU, whole service (% of one core)", f"{ours.idle_service:.1f} %",
-         f"{base.idle_service:.1f} %")  # fmt: skip
+    line(
+        "idle CPU, whole service (% of one core)",
+        f"{ours.idle_service:.1f} %",
+        f"{base.idle_service:.1f} %",
+    )
     ratio = ours.rest.servers / base.rest.servers
     print(f"per-location memory, runner / code-server start: {ratio:.0%}")
     print(f"with {n} locations serving (runner), median of {args.samples}:")
-    print(f"  drop -> LOADED                         {statistics.median(ours.drop):6.2f} s"
-          f"  (min {min(ours.drop):.2f}, max {max(ours.drop):.2f})")  # fmt: skip
-    print(f"  edit -> new asset visible              {statistics.median(ours.edit):6.2f} s"
-          f"  (min {min(ours.edit):.2f}, max {max(ours.edit):.2f})")  # fmt: skip
+    print(
+        f"  drop -> LOADED                         {statistics.median(ours.drop):6.2f} s"
+        f"  (min {min(ours.drop):.2f}, max {max(ours.drop):.2f})"
+    )
+    print(
+        f"  edit -> new asset visible              {statistics.median(ours.edit):6.2f} s"
+        f"  (min {min(ours.edit):.2f}, max {max(ours.edit):.2f})"
+    )
     if ours.publish_daemon:
-        print(f"  publish: daemon reloaded {statistics.median(ours.publish_daemon):.2f} s, "
-              f"then webserver {statistics.median(ours.publish_webserver):.2f} s")  # fmt: skip
+        print(
+            f"  publish: daemon reloaded {statistics.median(ours.publish_daemon):.2f} s, "
+            f"then webserver {statistics.median(ours.publish_webserver):.2f} s"
+        )
     print("idle CPU of the runner process (% of one core):")
-    print(f"  {n} locations                          {ours.idle_runner:6.2f} %"
-          f"  (whole service {ours.idle_service:.1f} %)")  # fmt: skip
-    print(f"  {n} locations + {args.share_files} files            "
-          f"{ours.idle_runner_big_share:6.2f} %  (whole service "
-          f"{ours.idle_service_big_share:.1f} %)")  # fmt: skip
+    print(
+        f"  {n} locations                          {ours.idle_runner:6.2f} %"
+        f"  (whole service {ours.idle_service:.1f} %)"
+    )
+    print(
+        f"  {n} locations + {args.share_files} files            "
+        f"{ours.idle_runner_big_share:6.2f} %  (whole service "
+        f"{ours.idle_service_big_share:.1f} %)"
+    )
 
 
 if __name__ == "__main__":

@@ -88,9 +88,13 @@ class Builds:
         for key, started in self._started.items():
             if now - self._said.get(key, started) >= SAY_EVERY:
                 self._said[key] = now
-                log.info("env %s (for %s) still building after %.0fs: %s", key[:12],
-                         ", ".join(waiting(key)) or "-", now - started,
-                         self._progress.get(key))  # fmt: skip
+                log.info(
+                    "env %s (for %s) still building after %.0fs: %s",
+                    key[:12],
+                    ", ".join(waiting(key)) or "-",
+                    now - started,
+                    self._progress.get(key),
+                )
 
     def shutdown(self) -> None:
         self.store.cancel_builds()

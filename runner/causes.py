@@ -26,8 +26,14 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 MIN_FREE_BYTES = 200 * 1024 * 1024
 
 _URL = re.compile(r"(?:git\+)?(?:https?|ssh)://[^\s\"'`<>)\]]+")
-_INDEX_VARIABLES = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL",
-                    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")  # fmt: skip
+_INDEX_VARIABLES = (
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+)
 
 
 def hosts_needed(metadata: Mapping[str, Any], output: str, environ: Mapping[str, str]) -> list[str]:
@@ -98,9 +104,14 @@ def probe(origin: str, *, timeout: float = 5.0) -> str | None:
 
 def _short(exc: Exception) -> str:
     text = str(exc)
-    for marker in ("Name or service not known", "Temporary failure in name resolution",
-                   "Connection refused", "timed out", "No route to host",
-                   "Network is unreachable"):  # fmt: skip
+    for marker in (
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "Connection refused",
+        "timed out",
+        "No route to host",
+        "Network is unreachable",
+    ):
         if marker in text:
             return marker
     return type(exc).__name__
@@ -118,9 +129,11 @@ def disk_trouble(path: Path, output: str) -> str | None:
 
 
 def outside_cause(
-    hosts: Iterable[str], disk: Path, output: str,
+    hosts: Iterable[str],
+    disk: Path,
+    output: str,
     probe: Callable[[str], str | None] = probe,
-) -> str | None:  # fmt: skip
+) -> str | None:
     """What outside the file made the build fail (a host, the disk), or ``None``."""
     trouble = disk_trouble(disk, output)
     if trouble:

@@ -99,8 +99,12 @@ class Cgroups(Cgroup):
         for folder in stale:
             held = Cgroup(folder).kill()
             if held:
-                log.info("stopped %d process(es) a previous runner left in %s: %s", len(held),
-                         folder, held)  # fmt: skip
+                log.info(
+                    "stopped %d process(es) a previous runner left in %s: %s",
+                    len(held),
+                    folder,
+                    held,
+                )
         root = base / f"{PREFIX}{pid}"
         try:
             root.mkdir(exist_ok=True)
@@ -117,9 +121,7 @@ class Cgroups(Cgroup):
         return Cgroup(path)
 
 
-def own_cgroup(
-    mountinfo: str | None = None, membership: str | None = None
-) -> Path | None:
+def own_cgroup(mountinfo: str | None = None, membership: str | None = None) -> Path | None:
     """This process's cgroup on the unified hierarchy, as a folder, or ``None``."""
     try:
         mountinfo = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()

@@ -106,12 +106,17 @@ def _serve(args: argparse.Namespace) -> None:
     from . import server, tenancy
 
     anyone = identity.Identity(2**31, 2**31)
-    if settings.isolated and settings.settings_dir and settings.settings_dir.is_dir() and (
-        tenancy.blocked(settings.settings_dir, anyone, want="rx") is None
+    if (
+        settings.isolated
+        and settings.settings_dir
+        and settings.settings_dir.is_dir()
+        and (tenancy.blocked(settings.settings_dir, anyone, want="rx") is None)
     ):
-        log.error("RUNNER_SETTINGS_DIR (%s) is open to other users: every location can read "
-                  "every team's settings there; make it the runner's only (chmod 700)",
-                  settings.settings_dir)  # fmt: skip
+        log.error(
+            "RUNNER_SETTINGS_DIR (%s) is open to other users: every location can read "
+            "every team's settings there; make it the runner's only (chmod 700)",
+            settings.settings_dir,
+        )
     if settings.use_sockets and not server.socket_fits(state / "servers"):
         raise SystemExit(
             f"runner: RUNNER_STATE_DIR ({state}) is too long for the code servers' Unix "
@@ -153,9 +158,12 @@ def isolation_of(environ: Mapping[str, str]) -> identity.Isolation:
     try:
         ids = identity.IdRange.parse(environ.get("RUNNER_UID_RANGE") or identity.DEFAULT_RANGE)
         return identity.decide(
-            environ.get("RUNNER_ISOLATION"), ids=ids, euid=os.geteuid(),
-            effective=identity.read_effective_caps(), setpriv=process.can_set_user(),
-        )  # fmt: skip
+            environ.get("RUNNER_ISOLATION"),
+            ids=ids,
+            euid=os.geteuid(),
+            effective=identity.read_effective_caps(),
+            setpriv=process.can_set_user(),
+        )
     except ValueError as exc:
         raise SystemExit(f"runner: {exc}") from None
 
@@ -168,9 +176,11 @@ def _fence(settings: Any, metrics: str | None) -> Any:
     from .fence import Fence, local_port_range, targets
 
     wanted = targets(
-        webserver_url=settings.webserver_url, metrics=metrics,
-        servers_on_tcp=not settings.use_sockets, local_ports=local_port_range(),
-    )  # fmt: skip
+        webserver_url=settings.webserver_url,
+        metrics=metrics,
+        servers_on_tcp=not settings.use_sockets,
+        local_ports=local_port_range(),
+    )
     fence = Fence(wanted, settings.isolation.ids.locations)
     why = fence.close()
     if why:
@@ -221,8 +231,12 @@ def _container_runs(kind: container_runs.Kind) -> container_runs.ContainerRuns |
     problem = runs.problem()
     if problem:
         log.warning("%s", problem)
-    log.info("runs start in %s containers (image %s, default limits: %s)", kind,
-             runs.image or "from the run launcher's config", runs.defaults.describe())  # fmt: skip
+    log.info(
+        "runs start in %s containers (image %s, default limits: %s)",
+        kind,
+        runs.image or "from the run launcher's config",
+        runs.defaults.describe(),
+    )
     return runs
 
 
@@ -263,8 +277,11 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps({"running": False, "why": message}) if args.json else message)
         return 3
     if args.json:
-        print(json.dumps({"running": snapshot.running, "why": snapshot.why_not,
-                          **snapshot.data}, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                {"running": snapshot.running, "why": snapshot.why_not, **snapshot.data}, indent=1
+            )
+        )
     else:
         print(status.render(snapshot), end="")
     return 0 if snapshot.running else 3
@@ -307,9 +324,12 @@ def _setting(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
-    parser.add_argument("--log-format", default=os.environ.get("RUNNER_LOG_FORMAT", "text"),
-                        choices=("text", "json"),
-                        help="json: one JSON object per line (env RUNNER_LOG_FORMAT)")  # fmt: skip
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("RUNNER_LOG_FORMAT", "text"),
+        choices=("text", "json"),
+        help="json: one JSON object per line (env RUNNER_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="watch the share and serve every PEP 723 file in it")
@@ -350,10 +370,11 @@ def main(argv: list[str] | None = None) -> None:
     daemon.set_defaults(func=_daemon)
 
     webserver = sub.add_parser(
-        "webserver", add_help=False,
+        "webserver",
+        add_help=False,
         help="Dagster's webserver, loading only what changed when workspace.yaml is reloaded; "
         "its options are dagster-webserver's",
-    )  # fmt: skip
+    )
     webserver.set_defaults(func=_webserver)
 
     status = sub.add_parser(
@@ -364,9 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     status.set_defaults(func=_status)
 
     lock = sub.add_parser(
-        "lock", help="the lock the runner serves FILE with, to commit beside it as FILE.lock "
+        "lock",
+        help="the lock the runner serves FILE with, to commit beside it as FILE.lock "
         "(then `uv run --script FILE` runs the same versions)",
-    )  # fmt: skip
+    )
     lock.add_argument("file", help="the location's file, in code_location/")
     lock.add_argument("--share", help="folder holding code_location/ and dagster_home/")
     lock.add_argument("-o", "--output", help="write it here instead of to stdout")

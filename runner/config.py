@@ -79,11 +79,16 @@ class Settings:
         environment passes on to locations (see :mod:`location_env`)."""
         also = [*location_env.instance_variables(self.home / "dagster.yaml"), *self.pass_env]
         return ServerOptions(
-            state_dir=self.state_dir, host=self.host,
+            state_dir=self.state_dir,
+            host=self.host,
             inherited=location_env.inherited(os.environ, also=also),
-            log_format=self.server_log_format, start_timeout=self.start_timeout,
-            container_runs=self.container_runs, warm_starts=self.warm_starts,
-            isolation=self.isolation, service_gid=self.service[1], use_sockets=self.use_sockets,
+            log_format=self.server_log_format,
+            start_timeout=self.start_timeout,
+            container_runs=self.container_runs,
+            warm_starts=self.warm_starts,
+            isolation=self.isolation,
+            service_gid=self.service[1],
+            use_sockets=self.use_sockets,
             trusted_indexes=trust.service_indexes(os.environ),
             outputs=self.home / "storage" / "locations" if self.isolated else None,
-        )  # fmt: skip
+        )

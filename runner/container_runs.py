@@ -125,8 +125,12 @@ def container_context(
     if runs.kind == "docker":
         kwargs: dict[str, Any] = {"labels": {LOCATION_LABEL: location}}
         if user is not None:
-            kwargs.update(user=f"{user.uid}:{user.gid}", group_add=[], cap_drop=["ALL"],
-                          security_opt=["no-new-privileges"])  # fmt: skip
+            kwargs.update(
+                user=f"{user.uid}:{user.gid}",
+                group_add=[],
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+            )
         if runs.volumes:
             kwargs["volumes"] = [f"{v.source}:{v.path}" for v in runs.volumes]
         if runs.volumes_from:
@@ -162,9 +166,12 @@ def container_context(
             k8s["resources"] = {"limits": amounts, "requests": dict(amounts)}
         if user is not None:
             k8s["security_context"] = {
-                "run_as_user": user.uid, "run_as_group": user.gid, "run_as_non_root": True,
-                "allow_privilege_escalation": False, "capabilities": {"drop": ["ALL"]},
-            }  # fmt: skip
+                "run_as_user": user.uid,
+                "run_as_group": user.gid,
+                "run_as_non_root": True,
+                "allow_privilege_escalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }
         return {"k8s": k8s}
     return {}
 
@@ -210,8 +217,11 @@ def write_run_env(
     only the runner's user, or the location's own (``user``), may read it: it holds the
     location's secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    own = {"HOME": str(cwd), "TMPDIR": str(cwd / "tmp"), "USER": user.user,
-           "LOGNAME": user.user} if user else {}  # fmt: skip
+    own = (
+        {"HOME": str(cwd), "TMPDIR": str(cwd / "tmp"), "USER": user.user, "LOGNAME": user.user}
+        if user
+        else {}
+    )
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

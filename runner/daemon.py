@@ -68,10 +68,14 @@ def run(workspace: Path, *, check_every: float = 0.05, log_format: str = "text")
                             # Load errors are caught and recorded on their entries.
                             outcome = reload.refresh_changed(context, reload=False)
                             if current != loaded:
-                                log.info("loaded the new workspace in %.2fs: %d loaded, %d "
-                                         "kept, %d removed", time.monotonic() - started,
-                                         len(outcome.loaded), outcome.kept,
-                                         outcome.removed)  # fmt: skip
+                                log.info(
+                                    "loaded the new workspace in %.2fs: %d loaded, %d "
+                                    "kept, %d removed",
+                                    time.monotonic() - started,
+                                    len(outcome.loaded),
+                                    outcome.kept,
+                                    outcome.removed,
+                                )
                             loaded, last_refresh = current, time.monotonic()
                             write_ack(workspace, loaded)
                             last_beat = last_refresh

@@ -41,15 +41,43 @@ def entries(
             warning = ignored_warning(current.ignored) if current.ignored else ""
             resolved = resolution(current.env.key)
             facts = provenance.facts(current.spec, current.env.key, resolved)
-            out.append(Entry(loc.name, host, current.server.port, broken, file,
-                             current.server.server_id, warning,
-                             resolved.describe() if resolved else "",
-                             current.server.socket or "", tuple(facts.items())))  # fmt: skip
+            out.append(
+                Entry(
+                    loc.name,
+                    host,
+                    current.server.port,
+                    broken,
+                    file,
+                    current.server.server_id,
+                    warning,
+                    resolved.describe() if resolved else "",
+                    current.server.socket or "",
+                    tuple(facts.items()),
+                )
+            )
             if shown is not None:
-                out.append(Entry(loc.name + FAILED_SUFFIX, host, shown.port, True, file,
-                                 shown.server_id, socket=shown.socket or ""))  # fmt: skip
+                out.append(
+                    Entry(
+                        loc.name + FAILED_SUFFIX,
+                        host,
+                        shown.port,
+                        True,
+                        file,
+                        shown.server_id,
+                        socket=shown.socket or "",
+                    )
+                )
         elif shown is not None:
             name = loc.name + (COLLISION_SUFFIX if loc.name in static_names else "")
-            out.append(Entry(name, host, shown.port, True, file_of(loc), shown.server_id,
-                             socket=shown.socket or ""))  # fmt: skip
+            out.append(
+                Entry(
+                    name,
+                    host,
+                    shown.port,
+                    True,
+                    file_of(loc),
+                    shown.server_id,
+                    socket=shown.socket or "",
+                )
+            )
     return sorted(out)

@@ -134,11 +134,17 @@ def spec_for(
     direct = tuple(dict.fromkeys(["dagster", *metadata.names()]))
     if lock is not None:  # uv checks the lock against the file's own metadata: keep it as is
         identity = {**data, "runner-added": added, "lock": script.digest_bytes(lock.encode())}
-        return EnvSpec(key=script.metadata_digest(identity), metadata=data, added=tuple(added),
-                       lock=lock, direct=direct)  # fmt: skip
+        return EnvSpec(
+            key=script.metadata_digest(identity),
+            metadata=data,
+            added=tuple(added),
+            lock=lock,
+            direct=direct,
+        )
     data["dependencies"] = [*data["dependencies"], *added]
-    return EnvSpec(key=script.metadata_digest(data), metadata=data, added=tuple(added),
-                   direct=direct)  # fmt: skip
+    return EnvSpec(
+        key=script.metadata_digest(data), metadata=data, added=tuple(added), direct=direct
+    )
 
 
 @dataclass(frozen=True)
@@ -155,9 +161,13 @@ class EnvStore:
     """A directory of built environments, owned by the runner, outside the share."""
 
     def __init__(
-        self, root: Path, *, uv_bin: str | None = None, for_others: bool = False,
+        self,
+        root: Path,
+        *,
+        uv_bin: str | None = None,
+        for_others: bool = False,
         builder: Identity | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.root = root
         #: Its environments are run by other users (locations'): only their interpreters.
         self.for_others = for_others or builder is not None
@@ -184,8 +194,11 @@ class EnvStore:
         env = Env(spec.key, path)
         if self.for_others and (why := pythons.closed_to_others(str(env.python.parent))):
             # Built before locations ran as users of their own, with a Python they cannot run.
-            log.warning("env %s: rebuilding it, its interpreter is closed to the locations' "
-                        "users: %s", spec.short, why)  # fmt: skip
+            log.warning(
+                "env %s: rebuilding it, its interpreter is closed to the locations' users: %s",
+                spec.short,
+                why,
+            )
             shutil.rmtree(path, ignore_errors=True)
             return None
         return env
@@ -208,17 +221,21 @@ class EnvStore:
             lock_sha256 = data.get("lock_sha256")
             if lock_sha256 is None and self.lock_path(key).exists():  # built before it was kept
                 lock_sha256 = script.digest_bytes(self.lock_path(key).read_bytes())
-            found = Resolution(pins=data["pins"], versions=dict(data["versions"]),
-                               lock_sha256=lock_sha256)  # fmt: skip
+            found = Resolution(
+                pins=data["pins"], versions=dict(data["versions"]), lock_sha256=lock_sha256
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         self._resolutions[key] = found
         return found
 
     def build(
-        self, spec: EnvSpec, progress: Callable[[str], None] = lambda text: None, *,
+        self,
+        spec: EnvSpec,
+        progress: Callable[[str], None] = lambda text: None,
+        *,
         refresh: bool = False,
-    ) -> Env:  # fmt: skip
+    ) -> Env:
         """Build the environment for ``spec`` unless it exists; raise :class:`BuildError`.
 
         ``progress`` hears what the build is doing, from uv's own summary lines, as it goes.
@@ -256,9 +273,14 @@ class EnvStore:
         return Env(spec.key, final)
 
     def _build(
-        self, spec: EnvSpec, meta_script: Path, staging: Path, env: dict[str, str],
-        progress: Callable[[str], None], refresh: bool,
-    ) -> Path:  # fmt: skip
+        self,
+        spec: EnvSpec,
+        meta_script: Path,
+        staging: Path,
+        env: dict[str, str],
+        progress: Callable[[str], None],
+        refresh: bool,
+    ) -> Path:
         progress("finding a Python interpreter")
         python = self._find_python(meta_script, spec, env)
         env = {**env, "VIRTUAL_ENV": str(staging)}
@@ -277,10 +299,20 @@ class EnvStore:
             self._give_build(lock, kept.read_text())
         if pins == "fresh":
             progress("resolving dependencies")
-            self._uv(["lock", "--script", str(meta_script), "--no-progress", *fresh], env,
-                     cwd=meta_script.parent)  # fmt: skip
-        sync = ["sync", "--script", str(meta_script), "--active", "--locked", "--no-progress",
-                *fresh]  # fmt: skip
+            self._uv(
+                ["lock", "--script", str(meta_script), "--no-progress", *fresh],
+                env,
+                cwd=meta_script.parent,
+            )
+        sync = [
+            "sync",
+            "--script",
+            str(meta_script),
+            "--active",
+            "--locked",
+            "--no-progress",
+            *fresh,
+        ]
 
         def report(line: str) -> None:
             _report(line, progress)
@@ -296,8 +328,11 @@ class EnvStore:
             # A kept resolution uv no longer accepts (its lock format changed): resolve anew.
             log.warning("env %s: the kept resolution is out of date; resolving again", spec.short)
             pins = "fresh"
-            self._uv(["lock", "--script", str(meta_script), "--no-progress", *fresh], env,
-                     cwd=meta_script.parent)  # fmt: skip
+            self._uv(
+                ["lock", "--script", str(meta_script), "--no-progress", *fresh],
+                env,
+                cwd=meta_script.parent,
+            )
             self._uv(sync, env, cwd=meta_script.parent, on_line=report)
         locked = locked_versions(lock.read_text())
         if spec.lock is not None and spec.added:
@@ -308,23 +343,41 @@ class EnvStore:
             constraints = staging / "runner-constraints.txt"
             constraints.write_text("".join(f"{n}=={v}\n" for n, v in locked.items()))
             try:
-                self._uv(["pip", "install", "--python", str(staging / "bin" / "python"),
-                          "--constraints", str(constraints), "--no-progress", *fresh, *added],
-                         env, cwd=meta_script.parent)  # fmt: skip
+                self._uv(
+                    [
+                        "pip",
+                        "install",
+                        "--python",
+                        str(staging / "bin" / "python"),
+                        "--constraints",
+                        str(constraints),
+                        "--no-progress",
+                        *fresh,
+                        *added,
+                    ],
+                    env,
+                    cwd=meta_script.parent,
+                )
             except BuildError as exc:
                 if "there is no version of" not in str(exc):
                     raise
-                raise BuildError(no_companion(added, locked.get("dagster")),
-                                 transient=False) from None  # fmt: skip
+                raise BuildError(
+                    no_companion(added, locked.get("dagster")), transient=False
+                ) from None
             constraints.unlink()
         versions = {n: locked[n] for n in map(_normalize, spec.direct) if n in locked}
         if self.builder is not None:  # what it built is the runner's now: no build changes it
             tenancy.claimed_by_runner(staging)
         locked_text = lock.read_text()
-        (staging / RESOLUTION_FILE).write_text(json.dumps({
-            "pins": pins, "versions": versions,
-            "lock_sha256": script.digest_bytes(locked_text.encode()),
-        }))  # fmt: skip
+        (staging / RESOLUTION_FILE).write_text(
+            json.dumps(
+                {
+                    "pins": pins,
+                    "versions": versions,
+                    "lock_sha256": script.digest_bytes(locked_text.encode()),
+                }
+            )
+        )
         tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(locked_text)
         tmp.replace(kept)
@@ -367,8 +420,12 @@ class EnvStore:
         if downloads:
             try:
                 # As the runner (a download runs no build script), outside the builds' cache.
-                self._uv(["python", "install", "--no-progress", "--no-cache", wanted], env,
-                         cwd=cwd, as_builder=False)  # fmt: skip
+                self._uv(
+                    ["python", "install", "--no-progress", "--no-cache", wanted],
+                    env,
+                    cwd=cwd,
+                    as_builder=False,
+                )
                 return self._uv(find, env, cwd=cwd).strip()
             except BuildError as exc:
                 why = _first_error(str(exc))
@@ -386,7 +443,10 @@ class EnvStore:
             listed = "[]"
         raise BuildError(
             pythons.missing_message(
-                wanted, pythons.installed_versions(listed), downloads=downloads, why=why,
+                wanted,
+                pythons.installed_versions(listed),
+                downloads=downloads,
+                why=why,
                 closed=pythons.closed_interpreters(os.environ) if self.for_others else [],
             ),
             transient=False,
@@ -407,11 +467,14 @@ class EnvStore:
         streamed = on_line is not None
         user = self.builder if as_builder else None
         proc = process.spawn(
-            [self.uv_bin, *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+            [self.uv_bin, *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if streamed else subprocess.PIPE,
             umask=0o022 if self.for_others else -1,  # others run what it installs
             user=(user.uid, user.gid) if user else None,
-        )  # fmt: skip
+        )
         with self._lock:
             self._running.add(proc)
         try:

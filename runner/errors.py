@@ -77,9 +77,14 @@ class ErrorServer:
     Reload is remembered until :meth:`reload_requested` and wakes ``on_reload``."""
 
     def __init__(
-        self, location: str, error: SerializableErrorInfo, *, host: str,
-        on_reload: Callable[[], None] = lambda: None, sockets: Sockets | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        location: str,
+        error: SerializableErrorInfo,
+        *,
+        host: str,
+        on_reload: Callable[[], None] = lambda: None,
+        sockets: Sockets | None = None,
+    ) -> None:
         self.location = location
         self.error = error
         self.host = host
@@ -144,8 +149,9 @@ class Sockets:
 
     def folder(self, name: str) -> Path:
         tenancy.runner_folder(self.root)
-        return tenancy.owned_folder(self.root / name, uid=os.getuid(), gid=self.service_gid,
-                                    mode=0o2750)  # fmt: skip
+        return tenancy.owned_folder(
+            self.root / name, uid=os.getuid(), gid=self.service_gid, mode=0o2750
+        )
 
 
 class ErrorServers:
@@ -157,9 +163,13 @@ class ErrorServers:
     """
 
     def __init__(
-        self, *, host: str, retire: Callable[[ErrorServer], None], on_reload: Callable[[], None],
+        self,
+        *,
+        host: str,
+        retire: Callable[[ErrorServer], None],
+        on_reload: Callable[[], None],
         sockets: Sockets | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.host = host
         self._sockets = sockets
         self._retire = retire
@@ -183,9 +193,9 @@ class ErrorServers:
             if error is None or name in self._shown or self._unshown.get(name) is error:
                 continue
             try:
-                self._shown[name] = ErrorServer(name, error, host=self.host,
-                                                on_reload=self._on_reload,
-                                                sockets=self._sockets)  # fmt: skip
+                self._shown[name] = ErrorServer(
+                    name, error, host=self.host, on_reload=self._on_reload, sockets=self._sockets
+                )
                 self._unshown.pop(name, None)
             except OSError as exc:
                 self._unshown[name] = error

@@ -54,9 +54,13 @@ def addresses(host: str) -> list[str]:
 
 
 def targets(
-    *, webserver_url: str | None, metrics: str | None, servers_on_tcp: bool,
-    resolve: Callable[[str], list[str]] = addresses, local_ports: str = "32768:60999",
-) -> list[Target]:  # fmt: skip
+    *,
+    webserver_url: str | None,
+    metrics: str | None,
+    servers_on_tcp: bool,
+    resolve: Callable[[str], list[str]] = addresses,
+    local_ports: str = "32768:60999",
+) -> list[Target]:
     """What to close: the webserver, the metrics endpoint, and with ``servers_on_tcp`` the
     ports code servers take (the kernel's local range, on this host's addresses)."""
     out: list[Target] = []
@@ -68,7 +72,8 @@ def targets(
         host, _, port = metrics.rpartition(":")
         ips = resolve(host) if host else ["127.0.0.1"]
         out += [Target(ip, port, "the runner's metrics") for ip in ips] or [
-            Target(None, port, "the runner's metrics")]  # fmt: skip
+            Target(None, port, "the runner's metrics")
+        ]
     if servers_on_tcp:
         out.append(Target(None, local_ports, "the code servers' ports"))
     return out
@@ -78,9 +83,27 @@ def rule(target: Target, ids: tuple[int, int], tag: str) -> list[str]:
     """The OUTPUT rule (after ``-A`` or ``-D``) that rejects ``target`` for ``ids``."""
     where = ["-d", target.address] if target.address else ["-m", "addrtype", "--dst-type", "LOCAL"]
     # --syn: new connections only, never the replies of a location's own server.
-    return ["OUTPUT", "-p", "tcp", "--syn", *where, "--dport", target.ports, "-m", "owner",
-            "--uid-owner", f"{ids[0]}-{ids[1]}", "-m", "comment", "--comment", tag,
-            "-j", "REJECT", "--reject-with", "tcp-reset"]  # fmt: skip
+    return [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--syn",
+        *where,
+        "--dport",
+        target.ports,
+        "-m",
+        "owner",
+        "--uid-owner",
+        f"{ids[0]}-{ids[1]}",
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]
 
 
 def local_port_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> str:
@@ -95,9 +118,12 @@ class Fence:
     """Rules in the host's packet filter, held while the runner runs."""
 
     def __init__(
-        self, wanted: Sequence[Target], ids: tuple[int, int], *,
+        self,
+        wanted: Sequence[Target],
+        ids: tuple[int, int],
+        *,
         run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.wanted = list(wanted)
         self.ids = ids
         self.tag = f"{COMMENT}:{os.getpid()}"
@@ -118,12 +144,16 @@ class Fence:
             if done is None:
                 self._added.append((tool, spec))  # type: ignore[arg-type]
             else:
-                failed.append(f"{target.what} ({target.address or 'this host'} port "
-                              f"{target.ports}): {done}")  # fmt: skip
+                failed.append(
+                    f"{target.what} ({target.address or 'this host'} port {target.ports}): {done}"
+                )
         if failed:
-            return ("the locations' users can still connect to " + "; ".join(failed)
-                    + " (the runner needs iptables with the owner match and CAP_NET_ADMIN "
-                    "to close them, or put those ports where they cannot reach)")  # fmt: skip
+            return (
+                "the locations' users can still connect to "
+                + "; ".join(failed)
+                + " (the runner needs iptables with the owner match and CAP_NET_ADMIN "
+                "to close them, or put those ports where they cannot reach)"
+            )
         return None
 
     def open(self) -> None:
@@ -150,4 +180,3 @@ class Fence:
         if done.returncode != 0:
             return (done.stderr.strip().splitlines() or ["it failed"])[-1]
         return None
-

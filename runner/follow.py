@@ -95,8 +95,12 @@ def webserver_acks(workspace: Path) -> list[Ack]:
 
 
 def write_ack(workspace: Path, digest: str | None, role: str = "daemon") -> None:
-    ack = {"digest": digest, "heartbeat": time.time(), "pid": os.getpid(),
-           "host": socket.gethostname()}  # fmt: skip
+    ack = {
+        "digest": digest,
+        "heartbeat": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
     write_if_changed(ack_path(workspace, role), json.dumps(ack) + "\n")
 
 
@@ -111,9 +115,13 @@ class WebserverFollower:
     the daemon has it (``refresh``: load what changed, see ``reload.refresh_changed``)."""
 
     def __init__(
-        self, workspace: Path, loaded: str | None, refresh: Callable[[], None], *,
+        self,
+        workspace: Path,
+        loaded: str | None,
+        refresh: Callable[[], None],
+        *,
         check_every: float = 0.05,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.workspace = workspace
         self.loaded = loaded
         self.refresh = refresh

@@ -31,8 +31,12 @@ IDS_NAME = ".runner-ids.json"
 DEFAULT_RANGE = "20000-29999"
 #: Capabilities the runner needs to run locations as their own users (bit numbers).
 _CAP_CHOWN, _CAP_KILL, _CAP_SETGID, _CAP_SETUID = 0, 5, 6, 7
-_NEEDED = {"CAP_SETUID": _CAP_SETUID, "CAP_SETGID": _CAP_SETGID, "CAP_KILL": _CAP_KILL,
-           "CAP_CHOWN": _CAP_CHOWN}  # fmt: skip
+_NEEDED = {
+    "CAP_SETUID": _CAP_SETUID,
+    "CAP_SETGID": _CAP_SETGID,
+    "CAP_KILL": _CAP_KILL,
+    "CAP_CHOWN": _CAP_CHOWN,
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -179,7 +183,11 @@ class Identities:
     """The map of location names to ids, kept in a file (rewritten on every change)."""
 
     def __init__(
-        self, path: Path, ids: IdRange, *, taken: Callable[[int], bool] = taken_by_system,
+        self,
+        path: Path,
+        ids: IdRange,
+        *,
+        taken: Callable[[int], bool] = taken_by_system,
     ) -> None:
         self.path = path
         self.ids = ids
@@ -195,8 +203,11 @@ class Identities:
             return
         lowest, highest = self.ids.locations
         held = data.get("ids", {}) if isinstance(data, dict) else {}
-        self._held = {name: uid for name, uid in held.items()
-                      if isinstance(uid, int) and lowest <= uid <= highest}  # fmt: skip
+        self._held = {
+            name: uid
+            for name, uid in held.items()
+            if isinstance(uid, int) and lowest <= uid <= highest
+        }
         if isinstance(data.get("next"), int):
             self._cursor = data["next"]
 
@@ -220,6 +231,8 @@ class Identities:
         return Identity(uid, uid)
 
     def _save(self) -> None:
-        text = json.dumps({"next": self._cursor, "ids": dict(sorted(self._held.items()))},
-                          indent=1) + "\n"  # fmt: skip
+        text = (
+            json.dumps({"next": self._cursor, "ids": dict(sorted(self._held.items()))}, indent=1)
+            + "\n"
+        )
         write_if_changed(self.path, text)

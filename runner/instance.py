@@ -61,18 +61,31 @@ def prepare(
             with _exclusive(home), open_instance(home) as instance:
                 instance.get_runs(limit=1)
                 storage = type(instance.run_storage).__name__
-                ready = Ready(storage_packages(instance), launcher_kind(instance.run_launcher),
-                              sqlite=storage.startswith("Sqlite"))  # fmt: skip
+                ready = Ready(
+                    storage_packages(instance),
+                    launcher_kind(instance.run_launcher),
+                    sqlite=storage.startswith("Sqlite"),
+                )
                 if shared_with is not None:
                     tenancy.share_instance(home, service=shared_with, sqlite=ready.sqlite)
-                log.info("instance ready in %s (%s, runs: %s, %.1fs)", home, storage,
-                         ready.launcher, time.monotonic() - started)  # fmt: skip
+                log.info(
+                    "instance ready in %s (%s, runs: %s, %.1fs)",
+                    home,
+                    storage,
+                    ready.launcher,
+                    time.monotonic() - started,
+                )
                 return ready
         except Exception as exc:  # any failure to open it: say why, in one line, and retry
             if time.monotonic() - started + delay > retry_for:
                 raise
-            log.error("cannot open the Dagster instance in %s%s: %s; retrying in %.0fs",
-                      home, _database_where(), _first_line(exc), delay)  # fmt: skip
+            log.error(
+                "cannot open the Dagster instance in %s%s: %s; retrying in %.0fs",
+                home,
+                _database_where(),
+                _first_line(exc),
+                delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -92,9 +105,13 @@ def _exclusive(home: Path) -> Iterator[None]:
 def storage_packages(instance: DagsterInstance) -> tuple[str, ...]:
     """Distributions outside dagster itself that the instance's configured classes live in."""
     parts = [
-        instance.run_storage, instance.event_log_storage, instance.schedule_storage,
-        instance.compute_log_manager, instance.run_launcher, instance.run_coordinator,
-    ]  # fmt: skip
+        instance.run_storage,
+        instance.event_log_storage,
+        instance.schedule_storage,
+        instance.compute_log_manager,
+        instance.run_launcher,
+        instance.run_coordinator,
+    ]
     roots = {type(p).__module__.split(".")[0] for p in parts if p is not None}
     return tuple(sorted(r.replace("_", "-") for r in roots if r != "dagster"))
 

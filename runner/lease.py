@@ -52,17 +52,23 @@ class Holder:
 
 class Lease:
     def __init__(
-        self, path: Path, *, clock: Callable[[], float] = time.time,
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
         stale_after: float = STALE_AFTER,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.path = path
         self.clock = clock
         self.stale_after = stale_after
         now = clock()
         self.mine = Holder(
-            token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
-            since=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"), heartbeat=now,
-        )  # fmt: skip
+            token=uuid.uuid4().hex,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            since=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            heartbeat=now,
+        )
         self._renewed = 0.0
 
     def holder(self) -> Holder | None:
@@ -108,8 +114,11 @@ class Lease:
                 said = holder.describe()
                 log.warning(
                     "standby: %s serves this share (%s); taking over when it stops or its "
-                    "heartbeat is older than %.0fs", said, self.path, self.stale_after,
-                )  # fmt: skip
+                    "heartbeat is older than %.0fs",
+                    said,
+                    self.path,
+                    self.stale_after,
+                )
             stopping.wait(RENEW_EVERY / 2)
         return False
 

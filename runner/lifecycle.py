@@ -212,8 +212,11 @@ def reject(
     workspace uses is the static workspace's: nothing of the file's serves under it."""
     loc = loc or Location(error.name)
     shown = f"{script.escaped(error.relpath)}: {error.message}"
-    effects: list[Effect] = [*_retire_next(loc), Say(logging.ERROR, f"{error.name}: {shown}"),
-                             Count("spec")]  # fmt: skip
+    effects: list[Effect] = [
+        *_retire_next(loc),
+        Say(logging.ERROR, f"{error.name}: {shown}"),
+        Count("spec"),
+    ]
     loc = _abandoned(loc)
     if collision and loc.current is not None:
         effects.append(Retire(loc.current))
@@ -223,9 +226,14 @@ def reject(
 
 
 def env_done(
-    loc: Location, key: str, env: envs.Env | None, error: envs.BuildError | None, *,
-    keep_last_good: bool, now: float,
-) -> Step:  # fmt: skip
+    loc: Location,
+    key: str,
+    env: envs.Env | None,
+    error: envs.BuildError | None,
+    *,
+    keep_last_good: bool,
+    now: float,
+) -> Step:
     """Environment ``key`` was built (``env``) or not (``error``): a version waiting for it
     starts, or fails; a failure outside the file is retried."""
     gen = loc.next
@@ -235,28 +243,50 @@ def env_done(
         return _step(replace(loc, attempts=0), Start(gen, env))
     assert error is not None
     if error.transient:
-        step = failed(loc, gen, f"could not build the environment: {error}", transient=True,
-                      keep_last_good=keep_last_good, now=now)  # fmt: skip
+        step = failed(
+            loc,
+            gen,
+            f"could not build the environment: {error}",
+            transient=True,
+            keep_last_good=keep_last_good,
+            now=now,
+        )
     else:
-        why = (envs.StaleLock.for_file(gen.spec.path.name)
-               if isinstance(error, envs.StaleLock) else error)  # fmt: skip
-        step = failed(loc, gen, f"could not build the environment:\n{why}",
-                      keep_last_good=keep_last_good, now=now)  # fmt: skip
+        why = (
+            envs.StaleLock.for_file(gen.spec.path.name)
+            if isinstance(error, envs.StaleLock)
+            else error
+        )
+        step = failed(
+            loc,
+            gen,
+            f"could not build the environment:\n{why}",
+            keep_last_good=keep_last_good,
+            now=now,
+        )
     return Step(step.name, step.loc, (Count("env"), *step.effects))
 
 
 def spawned(loc: Location, gen: Generation, server: Served, *, now: float) -> Step:
     """``gen``'s server was started; it is awaited."""
     text = f"starting {loc.name} on {server.where} (pid {server.pid}, {server.start}{_as(server)})"
-    return _step(replace(loc, next=replace(gen, server=server, spawned=now)),
-                 Say(logging.INFO, text))  # fmt: skip
+    return _step(
+        replace(loc, next=replace(gen, server=server, spawned=now)), Say(logging.INFO, text)
+    )
 
 
 def answered(
-    loc: Location, serial: int, *, start_error: str | None,
-    load_error: SerializableErrorInfo | None, ignored: tuple[str, ...], serves_well: bool,
-    keep_last_good: bool, stable: str | None, now: float,
-) -> Step:  # fmt: skip
+    loc: Location,
+    serial: int,
+    *,
+    start_error: str | None,
+    load_error: SerializableErrorInfo | None,
+    ignored: tuple[str, ...],
+    serves_well: bool,
+    keep_last_good: bool,
+    stable: str | None,
+    now: float,
+) -> Step:
     """Generation ``serial``'s server answered (``load_error``: the file did not load) or
     did not start (``start_error``).
 
@@ -307,8 +337,7 @@ def promote(loc: Location, *, stable: str | None, now: float) -> Step:
     gen = loc.next
     if gen is None:
         return _step(loc)
-    how = promotion(ready=gen.ready, last_good=gen.last_good, generation=gen.digest,
-                    stable=stable)  # fmt: skip
+    how = promotion(ready=gen.ready, last_good=gen.last_good, generation=gen.digest, stable=stable)
     if how == "wait":
         return _step(loc)
     assert gen.server is not None
@@ -320,14 +349,27 @@ def promote(loc: Location, *, stable: str | None, now: float) -> Step:
         return _step(loc, Say(logging.INFO, text), *old)
     effects: list[Effect] = []
     if gen.load_error is not None:
-        effects.append(Say(logging.ERROR, f"{loc.name}: the file failed to load (shown in the "
-                                          f"UI): {summarize(gen.load_error)}"))  # fmt: skip
+        effects.append(
+            Say(
+                logging.ERROR,
+                f"{loc.name}: the file failed to load (shown in the "
+                f"UI): {summarize(gen.load_error)}",
+            )
+        )
     if gen.ignored:
         effects.append(Say(logging.WARNING, f"{loc.name}: {ignored_warning(gen.ignored)}"))
-    effects.append(Say(logging.INFO, f"serving {loc.name} {where}, ready in "
-                                     f"{now - gen.prepared:.1f}s"))  # fmt: skip
-    loc = replace(loc, current=gen, next=None, failed_digest=None, retry_digest=None,
-                  retry_at=None, error=None)  # fmt: skip
+    effects.append(
+        Say(logging.INFO, f"serving {loc.name} {where}, ready in {now - gen.prepared:.1f}s")
+    )
+    loc = replace(
+        loc,
+        current=gen,
+        next=None,
+        failed_digest=None,
+        retry_digest=None,
+        retry_at=None,
+        error=None,
+    )
     if gen.load_error is None:
         loc = replace(loc, last_loaded=now)
         effects.append(KeepCopy(gen))
@@ -337,25 +379,42 @@ def promote(loc: Location, *, stable: str | None, now: float) -> Step:
 
 
 def failed(
-    loc: Location, gen: Generation, error: str | SerializableErrorInfo, *,
-    transient: bool = False, keep_last_good: bool, now: float,
-) -> Step:  # fmt: skip
+    loc: Location,
+    gen: Generation,
+    error: str | SerializableErrorInfo,
+    *,
+    transient: bool = False,
+    keep_last_good: bool,
+    now: float,
+) -> Step:
     """A new version did not make it: show why; retry it only if the cause is outside the
     file (``transient``), with growing delays; otherwise it waits for the file to change."""
-    info = error if isinstance(error, SerializableErrorInfo) else error_info(
-        f"{gen.spec.relpath}: {error}")  # fmt: skip
+    info = (
+        error
+        if isinstance(error, SerializableErrorInfo)
+        else error_info(f"{gen.spec.relpath}: {error}")
+    )
     effects: list[Effect] = [Retire(gen, immediately=True)] if gen.server is not None else []
     loc = replace(loc, next=None)
     if transient:
         retry = after_transient_failure(loc.attempts, now=now)
-        effects.append(Say(logging.ERROR, f"{loc.name}: {summarize(info)}; "
-                                          f"retrying in {retry.delay:.0f}s"))  # fmt: skip
+        effects.append(
+            Say(logging.ERROR, f"{loc.name}: {summarize(info)}; retrying in {retry.delay:.0f}s")
+        )
         info = error_info(f"{info.message.rstrip()}\n(retrying in {retry.delay:.0f}s)")
-        loc = replace(loc, attempts=retry.attempts, retry_digest=gen.digest, retry_at=retry.at,
-                      **_showing(info, now))  # fmt: skip
+        loc = replace(
+            loc,
+            attempts=retry.attempts,
+            retry_digest=gen.digest,
+            retry_at=retry.at,
+            **_showing(info, now),
+        )
         return _step(loc, *effects)
-    said = (info.message.rstrip() if isinstance(error, str)
-            else "the new version failed to load: " + summarize(info))  # fmt: skip
+    said = (
+        info.message.rstrip()
+        if isinstance(error, str)
+        else "the new version failed to load: " + summarize(info)
+    )
     effects.append(Say(logging.ERROR, f"{loc.name}: {said}"))
     step = _failed(loc, gen.digest, info, keep_last_good=keep_last_good, now=now)
     return Step(step.name, step.loc, (*effects, *step.effects))
@@ -368,8 +427,9 @@ def _failed(
     effects: tuple[Effect, ...] = ()
     if not keep_last_good and loc.current is not None:
         effects, loc = (Retire(loc.current),), replace(loc, current=None)
-    loc = replace(loc, failed_digest=digest, retry_digest=None, retry_at=None,
-                  **_showing(info, now))  # fmt: skip
+    loc = replace(
+        loc, failed_digest=digest, retry_digest=None, retry_at=None, **_showing(info, now)
+    )
     return _step(loc, *effects)
 
 
@@ -408,8 +468,7 @@ def exited(loc: Location, *, how: str, now: float) -> Step:
     said = Say(logging.ERROR, f"{loc.name}: {reason}; {restarting} (attempt {retry.attempts})")
     loc = replace(loc, attempts=retry.attempts, retry_digest=gen.digest, retry_at=retry.at)
     if loc.failed_digest is None or loc.error is None:  # else: keep showing the file's failure
-        shown = error_info(f"{gen.spec.relpath}: {reason}; {restarting} "
-                           f"(attempt {retry.attempts})")  # fmt: skip
+        shown = error_info(f"{gen.spec.relpath}: {reason}; {restarting} (attempt {retry.attempts})")
         loc = replace(loc, **_showing(shown, now))
     return _step(loc, said, Count("restart"))
 
@@ -420,11 +479,15 @@ def retry_asked(loc: Location, digest: str, *, now: float) -> Step:
     code-server start`` restarts its child."""
     if loc.next is not None and loc.next.digest == digest:
         return _step(loc)  # already on its way
-    failing = (loc.error is not None or loc.failed_digest is not None
-               or (loc.current is not None and loc.current.load_error is not None))  # fmt: skip
+    failing = (
+        loc.error is not None
+        or loc.failed_digest is not None
+        or (loc.current is not None and loc.current.load_error is not None)
+    )
     said = Say(logging.INFO, f"{loc.name}: {'retry' if failing else 'restart'} asked from the UI")
-    loc = replace(loc, failed_digest=None, attempts=0, refresh=failing, retry_digest=digest,
-                  retry_at=now)  # fmt: skip
+    loc = replace(
+        loc, failed_digest=None, attempts=0, refresh=failing, retry_digest=digest, retry_at=now
+    )
     return _step(loc, said)
 
 

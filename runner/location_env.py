@@ -31,9 +31,26 @@ import yaml
 from dotenv.parser import parse_stream
 
 #: Variables every process needs; proxies and CA bundles in either case.
-_BASICS = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-           "TERM", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-           "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")  # fmt: skip
+_BASICS = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+)
 _PREFIXES = ("LC_", "DAGSTER_")
 #: A settings file larger than this is not a settings file.
 MAX_SETTINGS_BYTES = 1024 * 1024

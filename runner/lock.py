@@ -32,8 +32,11 @@ def served_lock(where: paths.Layout, file: Path) -> str:
     except ValueError:
         raise LockError(f"{file} is not in {where.code_dir}") from None
     snapshot = status.read(where.dagster_home / status.STATUS_NAME)
-    rows = [r for r in (snapshot.data.get("files", []) if snapshot else [])
-            if r.get("file") == relpath and r.get("state") != "retiring"]  # fmt: skip
+    rows = [
+        r
+        for r in (snapshot.data.get("files", []) if snapshot else [])
+        if r.get("file") == relpath and r.get("state") != "retiring"
+    ]
     row = rows[0] if rows else None
     if row is None or not row.get("env_path") or not row.get("pins"):
         raise LockError(
@@ -50,8 +53,12 @@ def served_lock(where: paths.Layout, file: Path) -> str:
         copy = Path(tmp) / file.name
         shutil.copyfile(file, copy)
         shutil.copyfile(kept, f"{copy}.lock")
-        done = subprocess.run([uv.find_uv_bin(), "lock", "--script", str(copy), "--quiet"],
-                              capture_output=True, text=True, cwd=tmp)  # fmt: skip
+        done = subprocess.run(
+            [uv.find_uv_bin(), "lock", "--script", str(copy), "--quiet"],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
         if done.returncode != 0:
             raise LockError(f"uv lock failed: {done.stderr.strip()}")
         return Path(f"{copy}.lock").read_text()

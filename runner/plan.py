@@ -181,7 +181,10 @@ def collision(want: Desired) -> SpecError:
     from .workspace import STATIC_NAME
 
     return SpecError(
-        want.name, want.relpath, want.path, want.digest,
+        want.name,
+        want.relpath,
+        want.path,
+        want.digest,
         f"the location name {want.name!r} is already used in {STATIC_NAME}; "
         "rename the file or that location",
-    )  # fmt: skip
+    )

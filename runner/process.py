@@ -72,9 +72,20 @@ def spawn(
         if not _SETPRIV:
             raise OSError("setpriv (util-linux) is needed to start a process as another user")
         joined = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
-        prefix = [_SETPRIV, "--reuid", str(user[0]), "--regid", str(user[1]), *joined, "--nnp",
-                  "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig", "KILL",
-                  "--"]  # fmt: skip
+        prefix = [
+            _SETPRIV,
+            "--reuid",
+            str(user[0]),
+            "--regid",
+            str(user[1]),
+            *joined,
+            "--nnp",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--pdeathsig",
+            "KILL",
+            "--",
+        ]
     if cgroup is not None:  # a shell joins the cgroup, then execs the rest: no code runs outside
         prefix = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', str(cgroup), *prefix]
     return subprocess.Popen(
@@ -117,11 +128,15 @@ def oom_kills() -> int | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            places += [Path(f"/sys/fs/cgroup{path}") / "memory.events",
-                       Path("/sys/fs/cgroup/memory.events")]  # fmt: skip
+            places += [
+                Path(f"/sys/fs/cgroup{path}") / "memory.events",
+                Path("/sys/fs/cgroup/memory.events"),
+            ]
         elif "memory" in controllers.split(","):
-            places += [Path(f"/sys/fs/cgroup/memory{path}") / "memory.oom_control",
-                       Path("/sys/fs/cgroup/memory/memory.oom_control")]  # fmt: skip
+            places += [
+                Path(f"/sys/fs/cgroup/memory{path}") / "memory.oom_control",
+                Path("/sys/fs/cgroup/memory/memory.oom_control"),
+            ]
     for place in places:
         try:
             for row in place.read_text().splitlines():

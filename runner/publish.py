@@ -145,9 +145,11 @@ class Publisher:
             if self._newer_wanted(version):
                 return False
             if time.monotonic() > deadline:
-                log.warning("webserver(s) %s have not taken workspace v%d in; going on",
-                            ", ".join(f"pid {a.pid} on {a.host}" for a in acks
-                                      if a.digest != digest), version)  # fmt: skip
+                log.warning(
+                    "webserver(s) %s have not taken workspace v%d in; going on",
+                    ", ".join(f"pid {a.pid} on {a.host}" for a in acks if a.digest != digest),
+                    version,
+                )
                 return True
             with self._cond:
                 self._cond.wait(timeout=0.02)
@@ -172,8 +174,11 @@ class Publisher:
                 expected = {e.name for e in entries if e.expect_error}
                 for status in statuses:
                     if status.error and status.name not in expected:
-                        log.warning("webserver could not load %s: %s", status.name,
-                                    status.error.strip().splitlines()[0])  # fmt: skip
+                        log.warning(
+                            "webserver could not load %s: %s",
+                            status.name,
+                            status.error.strip().splitlines()[0],
+                        )
                 return True
             with self._cond:
                 self._cond.wait(timeout=delay)

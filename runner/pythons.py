@@ -69,7 +69,7 @@ def closed_to_others(folder: str) -> str | None:
     except OSError as exc:
         return f"{folder} cannot be listed ({exc.strerror})"
     for name in names:
-        if (why := blocked(Path(os.path.realpath(Path(folder) / name)), anyone, want="x")):
+        if why := blocked(Path(os.path.realpath(Path(folder) / name)), anyone, want="x"):
             return f"{folder}/{name}: {why}"
     return None
 
@@ -77,8 +77,11 @@ def closed_to_others(folder: str) -> str | None:
 def closed_interpreters(environ: Mapping[str, str]) -> list[str]:
     """Interpreter folders of version managers that other users cannot enter, and why."""
     active, others = _managed_bins(environ)
-    return [f"{folder} ({why})" for folder in [*active, *others]
-            if (why := closed_to_others(folder)) is not None]  # fmt: skip
+    return [
+        f"{folder} ({why})"
+        for folder in [*active, *others]
+        if (why := closed_to_others(folder)) is not None
+    ]
 
 
 def _managed_bins(environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -133,9 +136,12 @@ def missing_message(
     interpreters left out as the locations' users cannot run them."""
     have = ", ".join(versions) if versions else "none"
     if closed:
-        have += ("; left out, as the locations' users cannot run them: " + "; ".join(closed)
-                 + " (let other users pass through that folder, or install the Python "
-                 "elsewhere)")  # fmt: skip
+        have += (
+            "; left out, as the locations' users cannot run them: "
+            + "; ".join(closed)
+            + " (let other users pass through that folder, or install the Python "
+            "elsewhere)"
+        )
     if downloads:
         return (
             f"no Python satisfying requires-python = {wanted!r} is installed here "

@@ -81,8 +81,11 @@ def _refreshing(context: WorkspaceProcessContext) -> threading.Lock:
 def _refresh(context: WorkspaceProcessContext, *, reload: bool) -> Outcome:
     origins = {origin.location_name: origin for origin in context._origins}
     old: Mapping[str, CodeLocationEntry] = context._current_workspace.code_location_entries
-    kept = {name: old[name] for name, origin in origins.items()
-            if keeps(old.get(name), origin) and not (reload and _failed(old[name]))}  # fmt: skip
+    kept = {
+        name: old[name]
+        for name, origin in origins.items()
+        if keeps(old.get(name), origin) and not (reload and _failed(old[name]))
+    }
     fresh = {
         name: context._load_location(origin, reload=reload and _retries(origin, old.get(name)))
         for name, origin in origins.items()
@@ -118,8 +121,9 @@ def _failed(entry: CodeLocationEntry) -> bool:
 def _retries(origin: CodeLocationOrigin, entry: CodeLocationEntry | None) -> bool:
     """Whether "Reload all" asks this entry's server to reload: a user's own entry, or a
     runner location whose server could not load its file (a loaded one never changes)."""
-    return not _names_server(origin) or (entry is not None and entry.origin == origin
-                                         and _failed(entry))  # fmt: skip
+    return not _names_server(origin) or (
+        entry is not None and entry.origin == origin and _failed(entry)
+    )
 
 
 def _names_server(origin: CodeLocationOrigin) -> bool:
@@ -143,8 +147,12 @@ def patch(*, follow: bool = False) -> None:
 
     def reload_workspace(self: WorkspaceProcessContext) -> None:
         outcome = refresh_changed(self, reload=True)
-        log.info("workspace reloaded: %d loaded, %d kept, %d removed",
-                 len(outcome.loaded), outcome.kept, outcome.removed)  # fmt: skip
+        log.info(
+            "workspace reloaded: %d loaded, %d kept, %d removed",
+            len(outcome.loaded),
+            outcome.kept,
+            outcome.removed,
+        )
 
     def _start_watch_thread(self: WorkspaceProcessContext, origin: CodeLocationOrigin) -> None:
         if not _names_server(origin):
@@ -165,9 +173,7 @@ def _follow_files() -> None:
         loaded = file_digest(Path(paths[0])) if len(paths) == 1 else None  # before it loads
         init(self, *args, **kwargs)
         if len(paths) == 1:
-            follower = WebserverFollower(
-                Path(paths[0]), loaded, lambda: _refreshed(self)
-            )
+            follower = WebserverFollower(Path(paths[0]), loaded, lambda: _refreshed(self))
             self.__dict__["_runner_follower"] = follower
             follower.start()
 
@@ -188,5 +194,9 @@ def _refreshed(context: WorkspaceProcessContext) -> None:
         error = entries[name].load_error
         if error is not None and (not _names_server(entries[name].origin) or _unreachable(error)):
             log.warning("could not load %s: %s", name, error.message.strip().splitlines()[0])
-    log.info("workspace followed: %d loaded, %d kept, %d removed",
-             len(outcome.loaded), outcome.kept, outcome.removed)  # fmt: skip
+    log.info(
+        "workspace followed: %d loaded, %d kept, %d removed",
+        len(outcome.loaded),
+        outcome.kept,
+        outcome.removed,
+    )

@@ -379,6 +379,7 @@ class RescanPace:
         period = max(self.every, cost / SCAN_CPU_SHARE)
         stretched = period > self.every * 1.25
         if stretched != (self.period > self.every * 1.25):
-            log.info("a full rescan costs %.0f ms of CPU: rescanning every %.1fs", cost * 1000,
-                     period)  # fmt: skip
+            log.info(
+                "a full rescan costs %.0f ms of CPU: rescanning every %.1fs", cost * 1000, period
+            )
         self.period = period

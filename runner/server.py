@@ -156,12 +156,20 @@ class CodeServer:
         if self.cgroup is not None:
             escaped = self.cgroup.kill()
             if escaped:
-                log.info("%s: stopped %d process(es) its server left behind: %s",
-                         self.location, len(escaped), escaped)  # fmt: skip
+                log.info(
+                    "%s: stopped %d process(es) its server left behind: %s",
+                    self.location,
+                    len(escaped),
+                    escaped,
+                )
         escaped = process.marked(self.server_id)
         if escaped:
-            log.info("%s: stopping %d process(es) its server left behind: %s", self.location,
-                     len(escaped), escaped)  # fmt: skip
+            log.info(
+                "%s: stopping %d process(es) its server left behind: %s",
+                self.location,
+                len(escaped),
+                escaped,
+            )
             process.stop_pids(escaped, name=f"code server {self.location}")
         self.sidecar.remove()
 
@@ -230,8 +238,11 @@ class Sidecar:
             return []
         if not isinstance(report, dict) or not isinstance(report.get("ignored"), list):
             return []
-        return [f"{item['kind']} {item['name']}" for item in report["ignored"]
-                if isinstance(item, dict) and {"kind", "name"} <= set(item)]  # fmt: skip
+        return [
+            f"{item['kind']} {item['name']}"
+            for item in report["ignored"]
+            if isinstance(item, dict) and {"kind", "name"} <= set(item)
+        ]
 
     def remove(self) -> None:
         tenancy.remove(self.folder)
@@ -319,18 +330,32 @@ def start(
     tcp = ["--host", host, "--port", str(port)]
     listen = ["--socket", str(sidecar.socket)] if use_socket else tcp
     argv = [
-        str(python), str(BOOT),
-        "--python-file", str(file),
-        "--working-directory", str(folder or file.parent),
+        str(python),
+        str(BOOT),
+        "--python-file",
+        str(file),
+        "--working-directory",
+        str(folder or file.parent),
         *listen,
-        "--location-name", location,
+        "--location-name",
+        location,
         "--lazy-load-user-code",
-        "--fixed-server-id", server_id,
-        "--log-format", log_format,
+        "--fixed-server-id",
+        server_id,
+        "--log-format",
+        log_format,
         *run_args,
-    ]  # fmt: skip
-    own = {"HOME": str(workdir), "TMPDIR": str(workdir / "tmp"), "USER": user.user,
-           "LOGNAME": user.user} if user else {}  # fmt: skip
+    ]
+    own = (
+        {
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir / "tmp"),
+            "USER": user.user,
+            "LOGNAME": user.user,
+        }
+        if user
+        else {}
+    )
     env = {
         **env,
         **own,
@@ -402,8 +427,11 @@ def spawn_cold(request: Request) -> tuple[process.Proc, str]:
     """A fresh interpreter that imports everything itself, as the location's user."""
     user = request.user
     proc = process.spawn(
-        request.argv, env=request.env, cwd=request.cwd,
-        user=(user.uid, user.gid) if user else None, umask=LOCATION_UMASK if user else -1,
+        request.argv,
+        env=request.env,
+        cwd=request.cwd,
+        user=(user.uid, user.gid) if user else None,
+        umask=LOCATION_UMASK if user else -1,
         cgroup=request.cgroup.procs if request.cgroup else None,
-    )  # fmt: skip
+    )
     return proc, "cold"

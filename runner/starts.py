@@ -87,8 +87,9 @@ class Starts:
         #: Templates wake the loop when they are ready (or end).
         self.templates = (
             warm.Templates(options.inherited, changed=wake, rights=rights)
-            if options.warm_starts else None
-        )  # fmt: skip
+            if options.warm_starts
+            else None
+        )
         self._lock_path = lock_path
         self._resolution = resolution  # how an environment was resolved: its lock's digest
         self._used: set[str] = set()  # names this runner started servers for
@@ -145,8 +146,10 @@ class Starts:
             log.info("%s: restarting the last good version from its copy %s", name, file)
         if user is not None:
             if (why := tenancy.blocked(env.python, user, want="x")) is not None:
-                raise OSError(f"its user (uid {user.uid}) cannot run its environment's "
-                              f"interpreter {env.python}: {why}")  # fmt: skip
+                raise OSError(
+                    f"its user (uid {user.uid}) cannot run its environment's "
+                    f"interpreter {env.python}: {why}"
+                )
             if tenancy.readable_code(file, user) is not None:
                 # Not readable by its user (or the last good copy): serve a copy it can read.
                 file, folder, source = gen.spec.path, None, gen.spec.source
@@ -166,17 +169,30 @@ class Starts:
             entry_point = container_runs.entry_point(env.python, env_file)
         launch = None
         if self.templates is not None:
-            launch = functools.partial(self.templates.launch, env.python,
-                                       cold=self._no_rights(env) if user else None)  # fmt: skip
+            launch = functools.partial(
+                self.templates.launch, env.python, cold=self._no_rights(env) if user else None
+            )
         try:
             server = self._start_server(
-                location=name, python=env.python, file=file, folder=folder, host=opts.host,
-                env=server_env, workdir=workdir, sidecars=opts.state_dir / "servers",
-                log_format=opts.log_format, run_args=run_args, run_entry_point=entry_point,
-                launch=launch, user=user, service_gid=opts.service_gid,
-                use_socket=opts.use_sockets, source=source, cgroups=self.cgroups,
+                location=name,
+                python=env.python,
+                file=file,
+                folder=folder,
+                host=opts.host,
+                env=server_env,
+                workdir=workdir,
+                sidecars=opts.state_dir / "servers",
+                log_format=opts.log_format,
+                run_args=run_args,
+                run_entry_point=entry_point,
+                launch=launch,
+                user=user,
+                service_gid=opts.service_gid,
+                use_socket=opts.use_sockets,
+                source=source,
+                cgroups=self.cgroups,
                 title=f"server {name} gen {gen.serial}",
-            )  # fmt: skip
+            )
         except warm.NotReady:
             self._queued.setdefault(name, (gen, env))
             self._for_template.add(name)
@@ -217,9 +233,12 @@ class Starts:
             if self.templates is not None:
                 self.templates.cgroup = self.cgroups.make("templates")
         else:
-            log.info("code servers run without a cgroup each (%s): what a server leaves "
-                     "behind is found by the variable it inherits%s", how,
-                     " and by its location's user" if self.identities else "")  # fmt: skip
+            log.info(
+                "code servers run without a cgroup each (%s): what a server leaves "
+                "behind is found by the variable it inherits%s",
+                how,
+                " and by its location's user" if self.identities else "",
+            )
         self.stop_leftovers()
 
     def stop_leftovers(self) -> None:
@@ -230,8 +249,12 @@ class Starts:
         uids = {user.uid for user in self.identities.held().values()}
         pids = [pid for uid, found in tenancy.processes_of_users(uids).items() for pid in found]
         if pids:
-            log.info("stopping %d process(es) that locations' users still ran from a previous "
-                     "runner: %s", len(pids), pids)  # fmt: skip
+            log.info(
+                "stopping %d process(es) that locations' users still ran from a previous "
+                "runner: %s",
+                len(pids),
+                pids,
+            )
             process.stop_pids(pids, name="a previous runner's processes")
 
     def _clear(self, name: str, user: Identity) -> None:
@@ -247,8 +270,11 @@ class Starts:
                 text = self._lock_path(env.key).read_text() if self._lock_path else ""
             except OSError:
                 text = ""
-            why = trust.foreign_source(text, self.options.trusted_indexes) if text else (
-                "its lock is missing")  # fmt: skip
+            why = (
+                trust.foreign_source(text, self.options.trusted_indexes)
+                if text
+                else ("its lock is missing")
+            )
             shared = "a template shared by users of several locations would run it"
             self._foreign[env.key] = f"{why}: {shared}" if why else None
         return self._foreign[env.key]
@@ -271,8 +297,7 @@ class Starts:
         if self.cgroups is not None:  # the last word: nothing a server started stays
             left = self.cgroups.kill()
             if left:
-                log.info("stopped %d process(es) left in the servers' cgroups: %s", len(left),
-                         left)  # fmt: skip
+                log.info("stopped %d process(es) left in the servers' cgroups: %s", len(left), left)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _wait_ready(self, name: str, serial: int, server: servers.CodeServer) -> None:
@@ -292,6 +317,7 @@ def stop_user(user: Identity, *, name: str) -> None:
     """Stop every process of a location's user: they are all the location's."""
     pids = tenancy.processes_of(user.uid)
     if pids:
-        log.info("%s: stopping %d process(es) of its user (uid %d): %s", name, len(pids),
-                 user.uid, pids)  # fmt: skip
+        log.info(
+            "%s: stopping %d process(es) of its user (uid %d): %s", name, len(pids), user.uid, pids
+        )
         process.stop_pids(pids, name=f"processes of {name}")

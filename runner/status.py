@@ -105,13 +105,18 @@ def describe(
     shown = cur if alive else None
     resolved = resolution((shown or gen).env.key) if (shown or gen) else None
     return FileStatus(
-        file=file, location=loc.name, state=state,
+        file=file,
+        location=loc.name,
+        state=state,
         env=gen.env.short if gen else None,
         env_path=str(env_path(gen.env.key)) if gen else None,
-        port=server.port or None if server else None, pid=server.pid if server else None,
+        port=server.port or None if server else None,
+        pid=server.pid if server else None,
         socket=server.socket if server else None,
         user=server.user.uid if server and server.user else None,
-        start=server.start if server else None, serving=serving, progress=progress,
+        start=server.start if server else None,
+        serving=serving,
+        progress=progress,
         warning=ignored_warning(shown.ignored) if shown and shown.ignored else None,
         settings=gen.spec.settings.files if gen else (),
         variables=gen.spec.settings.names if gen else (),
@@ -123,7 +128,7 @@ def describe(
         last_error=loc.last_error.to_string() if loc.last_error else None,
         last_error_at=wall(loc.last_error_at) if loc.last_error_at is not None else None,
         last_loaded=wall(loc.last_loaded) if loc.last_loaded is not None else None,
-    )  # fmt: skip
+    )
 
 
 def rows(
@@ -143,16 +148,25 @@ def rows(
     waiting to become stable that are not locations yet. ``wall``: the runner's clock to the
     wall clock's time, for people."""
     out = [
-        describe(loc, file=file_of(loc), env_path=env_path, resolution=resolution, wall=wall,
-                 waiting_to_start=waiting_to_start(loc),
-                 build_progress=build_progress(loc.next.env.key) if loc.next else None)
+        describe(
+            loc,
+            file=file_of(loc),
+            env_path=env_path,
+            resolution=resolution,
+            wall=wall,
+            waiting_to_start=waiting_to_start(loc),
+            build_progress=build_progress(loc.next.env.key) if loc.next else None,
+        )
         for loc in locations
-    ]  # fmt: skip
+    ]
     names = {row.location for row in out}
     out += [retiring_row(gen, env_path=env_path) for gen in retiring]
     out += [ignored_row(relpath, why) for relpath, why in ignored.items()]
-    out += [FileStatus(file=relpath, location=name, state="waiting-for-stable")
-            for relpath in pending if (name := location_name(relpath)) not in names]  # fmt: skip
+    out += [
+        FileStatus(file=relpath, location=name, state="waiting-for-stable")
+        for relpath in pending
+        if (name := location_name(relpath)) not in names
+    ]
     return out
 
 
@@ -172,22 +186,29 @@ def ignored_row(relpath: str, why: str) -> FileStatus:
 def retiring_row(gen: Generation, *, env_path: Callable[[str], Path]) -> FileStatus:
     """The row of an old generation's server, finishing its runs."""
     return FileStatus(
-        file=gen.spec.relpath, location=gen.spec.name, state="retiring",
-        env=gen.env.short, env_path=str(env_path(gen.env.key)),
+        file=gen.spec.relpath,
+        location=gen.spec.name,
+        state="retiring",
+        env=gen.env.short,
+        env_path=str(env_path(gen.env.key)),
         port=gen.server.port or None if gen.server else None,
         pid=gen.server.pid if gen.server else None,
         socket=gen.server.socket if gen.server else None,
         user=gen.server.user.uid if gen.server and gen.server.user else None,
-    )  # fmt: skip
+    )
 
 
 class Board:
     """Keeps ``since`` per row and writes the snapshot when it changes (and as a heartbeat)."""
 
     def __init__(
-        self, path: Path, *, share: Path, clock: Callable[[], float] = time.time,
+        self,
+        path: Path,
+        *,
+        share: Path,
+        clock: Callable[[], float] = time.time,
         isolation: str = "",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.path = path
         self.clock = clock
         self._since: dict[tuple[str, str, int | None], tuple[str, float]] = {}
@@ -298,14 +319,23 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
             state += " (last good serving)"
         port = "socket" if row.get("socket") else str(row.get("port") or "-")
         user = str(row["user"]) if row.get("user") is not None else "-"
-        table.append((
-            row["location"], state, _ago(row.get("since"), now),
-            port, str(row.get("pid") or "-"), user,
-            (row.get("start") or "-").split(":")[0], (row.get("env") or "-")[:12], row["file"],
-        ))  # fmt: skip
+        table.append(
+            (
+                row["location"],
+                state,
+                _ago(row.get("since"), now),
+                port,
+                str(row.get("pid") or "-"),
+                user,
+                (row.get("start") or "-").split(":")[0],
+                (row.get("env") or "-")[:12],
+                row["file"],
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-              for r in table]  # fmt: skip
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
+    ]
     for row in files:
         if row.get("progress"):
             lines.append(f"\n{row['location']}: {row['progress']}")
@@ -320,8 +350,10 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
             lines.append(f"\n{row['location']} versions: {resolved.describe()}")
         if row.get("sha256"):
             lock = f", lock sha256 {row['lock_sha256']}" if row.get("lock_sha256") else ""
-            lines.append(f"\n{row['location']} version: file sha256 {row['sha256']}, "
-                         f"environment {row.get('env') or '-'}{lock}")  # fmt: skip
+            lines.append(
+                f"\n{row['location']} version: file sha256 {row['sha256']}, "
+                f"environment {row.get('env') or '-'}{lock}"
+            )
         if row.get("settings"):
             lines.append(
                 f"\n{row['location']} settings: {', '.join(row['settings'])} "

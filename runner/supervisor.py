@@ -78,34 +78,50 @@ class Supervisor:
         isolation = settings.isolation if settings.isolated else None
         builder = isolation.ids.builds if isolation else None
         self.store = store or envs.EnvStore(settings.state_dir / "envs", builder=builder)
-        self.scanner = Scanner(settings.code_dir, stable_for=settings.stable_for,
-                               settings=settings.settings_files())  # fmt: skip
+        self.scanner = Scanner(
+            settings.code_dir, stable_for=settings.stable_for, settings=settings.settings_files()
+        )
         self.pace = RescanPace(settings.rescan_every)
         self.static = StaticSource(settings.workspace_path.parent / STATIC_NAME)
         self.locations: dict[str, Location] = {}
         self.inbox: queue.Queue[Message] = queue.Queue()
-        self.publisher = Publisher(settings.workspace_path, webserver_url=settings.webserver_url,
-                                   on_published=lambda version: self.wake())  # fmt: skip
-        self.builds = Builds(self.store, workers=PARALLEL_BUILDS,
-                             done=self.inbox.put, clock=clock)  # fmt: skip
-        identities = (Identities(settings.workspace_path.parent / IDS_NAME, settings.isolation.ids)
-                      if settings.isolated and settings.isolation else None)  # fmt: skip
-        self.starts = Starts(settings.server_options(), start_server=start_server,
-                             done=self.inbox.put, wake=self.wake, identities=identities,
-                             lock_path=self.store.lock_path,
-                             resolution=self.store.resolution)  # fmt: skip
-        self.retirements = Retirements(grace=settings.retire_grace, done=self.inbox.put,
-                                       clock=clock)  # fmt: skip
+        self.publisher = Publisher(
+            settings.workspace_path,
+            webserver_url=settings.webserver_url,
+            on_published=lambda version: self.wake(),
+        )
+        self.builds = Builds(self.store, workers=PARALLEL_BUILDS, done=self.inbox.put, clock=clock)
+        identities = (
+            Identities(settings.workspace_path.parent / IDS_NAME, settings.isolation.ids)
+            if settings.isolated and settings.isolation
+            else None
+        )
+        self.starts = Starts(
+            settings.server_options(),
+            start_server=start_server,
+            done=self.inbox.put,
+            wake=self.wake,
+            identities=identities,
+            lock_path=self.store.lock_path,
+            resolution=self.store.resolution,
+        )
+        self.retirements = Retirements(
+            grace=settings.retire_grace, done=self.inbox.put, clock=clock
+        )
         self.errors = ErrorServers(
             host=settings.host,
             on_reload=self.wake,
             retire=lambda server: self.retirements.add(server, None),
             sockets=Sockets(settings.state_dir / "servers", settings.service[1])
-            if settings.use_sockets else None,
+            if settings.use_sockets
+            else None,
         )
         isolation = settings.isolation.describe() if settings.isolation else ""
-        self.board = Board(settings.workspace_path.parent / STATUS_NAME,
-                           share=settings.code_dir.parent, isolation=isolation)  # fmt: skip
+        self.board = Board(
+            settings.workspace_path.parent / STATUS_NAME,
+            share=settings.code_dir.parent,
+            isolation=isolation,
+        )
         self._pending: list[str] = []  # relpaths waiting to become stable
         self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
@@ -161,8 +177,9 @@ class Supervisor:
                 if self._woken or (retry is not None and now >= retry):
                     self._woken = False
                     self._look_at_static()
-                    for action in plan(self._desired, self.locations, now, self._early,
-                                       self._static_names):  # fmt: skip
+                    for action in plan(
+                        self._desired, self.locations, now, self._early, self._static_names
+                    ):
                         self._apply(action, now)
                     for loc in list(self.locations.values()):
                         self._carry(lifecycle.promote(loc, stable=self._stable(loc), now=now))
@@ -203,17 +220,28 @@ class Supervisor:
         elif isinstance(msg, EnvDone):
             self.builds.finished(msg)
             for loc in list(self.locations.values()):
-                self._carry(lifecycle.env_done(loc, msg.key, msg.env, msg.error,
-                                               keep_last_good=keep, now=now))  # fmt: skip
+                self._carry(
+                    lifecycle.env_done(
+                        loc, msg.key, msg.env, msg.error, keep_last_good=keep, now=now
+                    )
+                )
         elif isinstance(msg, ServerDone):
             if msg.error is None:
                 metrics.SERVER_START_SECONDS.observe(msg.seconds)
             if (loc := self.locations.get(msg.name)) is not None:
-                self._carry(lifecycle.answered(
-                    loc, msg.serial, start_error=msg.error, load_error=msg.load_error,
-                    ignored=msg.ignored, serves_well=_serves_well(loc), keep_last_good=keep,
-                    stable=self._stable(loc), now=now,
-                ))  # fmt: skip
+                self._carry(
+                    lifecycle.answered(
+                        loc,
+                        msg.serial,
+                        start_error=msg.error,
+                        load_error=msg.load_error,
+                        ignored=msg.ignored,
+                        serves_well=_serves_well(loc),
+                        keep_last_good=keep,
+                        stable=self._stable(loc),
+                        now=now,
+                    )
+                )
         elif isinstance(msg, Stopped):
             self.retirements.stopped(msg)
             if msg.item.env_key is not None:
@@ -253,13 +281,20 @@ class Supervisor:
             step = lifecycle.abandon(self.locations[action.name])
         elif isinstance(action, Reject):
             loc, error = self.locations.get(action.error.name), action.error
-            step = lifecycle.reject(loc, error, collision=action.collision, keep_last_good=keep,
-                                    now=now)  # fmt: skip
+            step = lifecycle.reject(
+                loc, error, collision=action.collision, keep_last_good=keep, now=now
+            )
         else:
-            env = envs.spec_for(action.spec.metadata, self.settings.extra_requirements,
-                                lock=action.spec.lock)  # fmt: skip
-            step = lifecycle.prepare(self.locations.get(action.spec.name), action.spec, env,
-                                     last_good=action.last_good, now=now)  # fmt: skip
+            env = envs.spec_for(
+                action.spec.metadata, self.settings.extra_requirements, lock=action.spec.lock
+            )
+            step = lifecycle.prepare(
+                self.locations.get(action.spec.name),
+                action.spec,
+                env,
+                last_good=action.last_good,
+                now=now,
+            )
         self._carry(step)
 
     def _carry(self, step: Step) -> None:
@@ -292,8 +327,9 @@ class Supervisor:
     def _start_queued(self) -> None:
         """Start servers whose environment is ready, a few at a time."""
         now = self.clock()
-        starting = [at for loc in self.locations.values()
-                    if (at := lifecycle.starting(loc)) is not None]  # fmt: skip
+        starting = [
+            at for loc in self.locations.values() if (at := lifecycle.starting(loc)) is not None
+        ]
         budget = lifecycle.start_budget(starting, now=now, slots=PARALLEL_STARTS)
         least = lifecycle.start_cost(warm=self.starts.templates is not None)
         for _ in range(len(self.starts)):  # each at most once: one that waits goes back in line
@@ -309,9 +345,15 @@ class Supervisor:
                 if server is None:  # its template is starting; the start stays queued
                     continue
             except OSError as exc:
-                self._carry(lifecycle.failed(loc, gen, f"could not start the code server: {exc}",
-                                             keep_last_good=self.settings.keep_last_good,
-                                             now=now))  # fmt: skip
+                self._carry(
+                    lifecycle.failed(
+                        loc,
+                        gen,
+                        f"could not start the code server: {exc}",
+                        keep_last_good=self.settings.keep_last_good,
+                        now=now,
+                    )
+                )
                 continue
             budget -= lifecycle.start_cost(server.start == "warm")
             self._used_envs.add(env.key)
@@ -334,10 +376,13 @@ class Supervisor:
 
     def entries(self) -> list[Entry]:
         return entries.entries(
-            self.locations.values(), host=self.settings.advertise_host or self.settings.host,
-            static_names=self._static_names, file_of=self._file_of,
-            resolution=self.store.resolution, error_server=self.errors.get,
-        )  # fmt: skip
+            self.locations.values(),
+            host=self.settings.advertise_host or self.settings.host,
+            static_names=self._static_names,
+            file_of=self._file_of,
+            resolution=self.store.resolution,
+            error_server=self.errors.get,
+        )
 
     def _file_of(self, loc: Location) -> str:
         gen, desired = loc.next or loc.current, self._desired.get(loc.name)
@@ -359,26 +404,37 @@ class Supervisor:
         rows = self._rows()
         self.board.update(rows)
         metrics.count_states((row.state for row in rows), STATES)
-        self.builds.say_slow(lambda key: [loc.name for loc in self.locations.values()
-                                          if loc.next and loc.next.env.key == key])  # fmt: skip
+        self.builds.say_slow(
+            lambda key: [
+                loc.name for loc in self.locations.values() if loc.next and loc.next.env.key == key
+            ]
+        )
 
     def _rows(self) -> list[FileStatus]:
         offset = self.wall() - self.clock()  # the runner's clock to the wall's, for people
         return status.rows(
-            self.locations.values(), file_of=self._file_of, env_path=self.store.path,
+            self.locations.values(),
+            file_of=self._file_of,
+            env_path=self.store.path,
             resolution=self.store.resolution,
             waiting_to_start=lambda loc: self.starts.waiting(loc.next) if loc.next else None,
             build_progress=self.builds.progress,
             retiring=[item.gen for item in self.retirements.items() if item.gen is not None],
-            ignored=self.scanner.ignored, pending=self._pending, wall=lambda t: t + offset,
-        )  # fmt: skip
+            ignored=self.scanner.ignored,
+            pending=self._pending,
+            wall=lambda t: t + offset,
+        )
 
     # -- cleanup -------------------------------------------------------------------------
 
     def _collect_envs(self) -> None:
         """Delete environments this runner used and nothing uses any more."""
-        in_use = {gen.env.key for loc in self.locations.values()
-                  for gen in (loc.current, loc.next) if gen is not None}  # fmt: skip
+        in_use = {
+            gen.env.key
+            for loc in self.locations.values()
+            for gen in (loc.current, loc.next)
+            if gen is not None
+        }
         in_use |= self.retirements.env_keys() | self.builds.keys()
         for key in self._used_envs - in_use:
             log.info("removing env %s (no location uses it any more)", key[:12])

@@ -146,8 +146,10 @@ def copy_code(file: Path, source: bytes, dest: Path, *, readers: int) -> Path:
     only; return the copy of the file. :class:`CopyError` if the folder holds too much, or
     the file is a symbolic link."""
     if file.is_symlink():
-        raise CopyError(f"{file.name} is a symbolic link: its location's user cannot read the "
-                        "share, and a link is never served from a copy")  # fmt: skip
+        raise CopyError(
+            f"{file.name} is a symbolic link: its location's user cannot read the "
+            "share, and a link is never served from a copy"
+        )
     owned_folder(dest, uid=os.getuid(), gid=readers, mode=0o750)
     budget = [COPY_LIMIT_BYTES, COPY_LIMIT_FILES]
     for entry in _entries(file.parent):

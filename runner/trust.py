@@ -61,7 +61,9 @@ def foreign_source(lock_text: str, trusted: frozenset[str]) -> str | None:
         if registry is None or _url(registry) not in trusted:
             kind = next(iter(source), "an unknown source") if isinstance(source, dict) else "?"
             where = _url(registry) if registry else kind
-            return (f"{package['name']} (which Dagster needs) comes from {where}, not an index "
-                    "of the service")  # fmt: skip
+            return (
+                f"{package['name']} (which Dagster needs) comes from {where}, not an index "
+                "of the service"
+            )
         todo += [_normal(d["name"]) for d in package.get("dependencies", []) if "name" in d]
     return None

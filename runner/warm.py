@@ -64,9 +64,18 @@ class NotReady(Exception):
 
 #: Start-up variables that load code (a path to import from, a module to run): a template
 #: never takes them from a location's settings.
-CODE_LOADING = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-                "PYTHONPLATLIBDIR", "PYTHONPYCACHEPREFIX", "PYTHONWARNINGS", "PYTHONBREAKPOINT",
-                "PYTHONEXECUTABLE", "PYTHONINSPECT")  # fmt: skip
+CODE_LOADING = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONPLATLIBDIR",
+    "PYTHONPYCACHEPREFIX",
+    "PYTHONWARNINGS",
+    "PYTHONBREAKPOINT",
+    "PYTHONEXECUTABLE",
+    "PYTHONINSPECT",
+)
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,10 @@ def _send(fifo: Path, env: Mapping[str, str], child: Forked) -> None:
                 if exc.errno != errno.ENXIO:
                     raise
             if child.poll() is not None:
-                raise OSError(f"the forked server {process.describe_exit(child.returncode)} "
-                              "before taking its environment")  # fmt: skip
+                raise OSError(
+                    f"the forked server {process.describe_exit(child.returncode)} "
+                    "before taking its environment"
+                )
             if time.monotonic() > deadline:
                 raise OSError(f"the forked server did not take its environment in {FORK_TIMEOUT}s")
             time.sleep(0.002)
@@ -198,9 +209,14 @@ class Template:
     """One template process and what it reported."""
 
     def __init__(
-        self, python: Path, env: Mapping[str, str], *, changed: Callable[[], None],
-        rights: Rights | None = None, cgroup: Cgroup | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        python: Path,
+        env: Mapping[str, str],
+        *,
+        changed: Callable[[], None],
+        rights: Rights | None = None,
+        cgroup: Cgroup | None = None,
+    ) -> None:
         self.python = python
         self.state = "starting"  # -> ready | unusable | ended
         self.served = False  # it was ready once (ending later is no failure to start)
@@ -220,10 +236,13 @@ class Template:
             # -S: no site, so no .pth file and no sitecustomize of the environment runs here
             # (a forked server processes them once it is its location's; see template.py).
             self.proc = process.spawn(
-                [str(python), "-S", str(TEMPLATE)], env={**env, **own},
-                cwd=TEMPLATE.parent, stdin=subprocess.PIPE, pass_fds=(write,),
+                [str(python), "-S", str(TEMPLATE)],
+                env={**env, **own},
+                cwd=TEMPLATE.parent,
+                stdin=subprocess.PIPE,
+                pass_fds=(write,),
                 cgroup=cgroup.procs if cgroup else None,
-            )  # fmt: skip
+            )
         finally:
             os.close(write)
         self._reader = threading.Thread(
@@ -241,9 +260,14 @@ class Template:
         request_id = next(self._ids)
         fifo = _fifo(request)
         user = request.user
-        asked = {"id": request_id, "argv": list(request.argv[2:]), "cwd": str(request.cwd),
-                 "parent": os.getpid(), "user": [user.uid, user.gid] if user else None,
-                 "settings": str(fifo)}  # fmt: skip
+        asked = {
+            "id": request_id,
+            "argv": list(request.argv[2:]),
+            "cwd": str(request.cwd),
+            "parent": os.getpid(),
+            "user": [user.uid, user.gid] if user else None,
+            "settings": str(fifo),
+        }
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps(asked) + "\n").encode())
@@ -297,8 +321,13 @@ class Template:
                 if "ready" in message:
                     self.state, self.served = "ready", True
                     merged = ", pages merged by KSM" if message.get("merge") and ksm_runs() else ""
-                    log.info("template for %s ready in %.1fs (pid %d%s)", self.python,
-                             message["ready"], self.pid, merged)  # fmt: skip
+                    log.info(
+                        "template for %s ready in %.1fs (pid %d%s)",
+                        self.python,
+                        message["ready"],
+                        self.pid,
+                        merged,
+                    )
                 elif "unusable" in message:
                     self.state, self.why = "unusable", message["unusable"]
                 elif "forked" in message:
@@ -342,8 +371,10 @@ class Templates:
         key = (str(python), tuple(sorted(startup_variables(env).items())))
         loading = [name for name in CODE_LOADING if name in env]
         if loading:
-            cold = (f"its settings set {', '.join(loading)}, which would load code into the "
-                    "template its environment's locations share")  # fmt: skip
+            cold = (
+                f"its settings set {', '.join(loading)}, which would load code into the "
+                "template its environment's locations share"
+            )
         why = cold or self._cold.get(key) or self._template(key, python, env)
         if why is None:
             try:
@@ -390,16 +421,23 @@ class Templates:
                 return template.why
             if not template.served:  # ended while starting
                 self._failed.setdefault(key, []).append(template.why)
-            log.warning("template for %s (pid %d) ended: %s; starting another", python,
-                        template.pid, template.why)  # fmt: skip
+            log.warning(
+                "template for %s (pid %d) ended: %s; starting another",
+                python,
+                template.pid,
+                template.why,
+            )
         failures = self._failed.get(key, [])
         if len(failures) >= BOOT_ATTEMPTS:
             why = f"its template ended {len(failures)} times while starting: {failures[-1]}"
             self._cold[key] = why
             return why
         self._templates[key] = Template(
-            python, {**self._base, **startup_variables(env)}, changed=self._changed,
-            rights=self._rights, cgroup=self.cgroup,
+            python,
+            {**self._base, **startup_variables(env)},
+            changed=self._changed,
+            rights=self._rights,
+            cgroup=self.cgroup,
         )
         if key not in self._started:  # the first start never waits longer than a cold one
             self._started.add(key)

@@ -43,10 +43,27 @@ class _Handler(FileSystemEventHandler):
 
 #: File systems whose changes made by other machines produce no inotify events.
 NETWORK_FS = {
-    "cifs", "smb3", "smbfs", "nfs", "nfs4", "9p", "afs", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "davfs", "fuse.sshfs", "fuse.rclone", "fuse.blobfuse", "fuse.s3fs",
-    "fuse.gcsfuse", "fuse.juicefs", "virtiofs",
-}  # fmt: skip
+    "cifs",
+    "smb3",
+    "smbfs",
+    "nfs",
+    "nfs4",
+    "9p",
+    "afs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "davfs",
+    "fuse.sshfs",
+    "fuse.rclone",
+    "fuse.blobfuse",
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "fuse.juicefs",
+    "virtiofs",
+}
 
 
 def _unescape(field: str) -> str:
@@ -91,9 +108,12 @@ def watch(
     periodic rescan does all the work."""
     folder.mkdir(parents=True, exist_ok=True)
     chosen = choose_mode(folder, mode)
-    log.info("watching %s with %s (%s file system)", folder,
-             "rescans only" if chosen == "poll" else "file events and rescans",
-             fs_type(folder) or "unknown")  # fmt: skip
+    log.info(
+        "watching %s with %s (%s file system)",
+        folder,
+        "rescans only" if chosen == "poll" else "file events and rescans",
+        fs_type(folder) or "unknown",
+    )
     if chosen == "poll":
         yield
         return

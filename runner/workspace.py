@@ -129,8 +129,9 @@ class StaticSource:
             self._signature = signature
             try:
                 self.current = load_static(self.path)
-                log.info("static workspace: %d location(s) from %s", len(self.current.names),
-                         self.path)  # fmt: skip
+                log.info(
+                    "static workspace: %d location(s) from %s", len(self.current.names), self.path
+                )
             except ValueError as exc:
                 log.error("%s (keeping the %d location(s) it had)", exc, len(self.current.names))
         return self.current

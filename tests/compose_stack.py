@@ -33,9 +33,14 @@ class Stack(WebClient):
         for path in (self.share, self.share / "code_location"):
             path.chmod(0o777)  # the image's user (uid 10001) writes the share
         files = ["compose.yaml", *overrides]
-        self.command = [*compose_command(), "--project-name", self.name,
-                        "--project-directory", str(folder),
-                        *[arg for f in files for arg in ("-f", str(ROOT / f))]]  # fmt: skip
+        self.command = [
+            *compose_command(),
+            "--project-name",
+            self.name,
+            "--project-directory",
+            str(folder),
+            *[arg for f in files for arg in ("-f", str(ROOT / f))],
+        ]
         self.env = {
             **os.environ,
             "RUNNER_IMAGE": image,
@@ -50,8 +55,9 @@ class Stack(WebClient):
         return self.share / "code_location"
 
     def compose(self, *args: str, timeout: float = 600) -> str:
-        proc = subprocess.run([*self.command, *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [*self.command, *args], capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         assert proc.returncode == 0, f"compose {' '.join(args)}: {proc.stderr[-3000:]}"
         return proc.stdout
 
@@ -76,8 +82,15 @@ class Stack(WebClient):
 
     def run_containers(self) -> list[str]:
         """Containers of runs of this stack's locations (they join its network)."""
-        return docker("ps", "-a", "-q", "--filter", f"label={LOCATION_LABEL}",
-                      "--filter", f"network={self.name}").split()  # fmt: skip
+        return docker(
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            f"label={LOCATION_LABEL}",
+            "--filter",
+            f"network={self.name}",
+        ).split()
 
     def remove_run_containers(self) -> None:
         """Exited run containers stay for their logs (Dagster's launcher keeps them)."""
@@ -92,12 +105,26 @@ class Stack(WebClient):
         return pids
 
     def psql(self, sql: str) -> str:
-        return docker("exec", self.container("postgres"), "psql", "-U", "dagster", "-d",
-                      "dagster", "-At", "-c", sql).strip()  # fmt: skip
+        return docker(
+            "exec",
+            self.container("postgres"),
+            "psql",
+            "-U",
+            "dagster",
+            "-d",
+            "dagster",
+            "-At",
+            "-c",
+            sql,
+        ).strip()
 
     def logs(self) -> str:
-        proc = subprocess.run([*self.command, "logs", "--no-color", "--tail", "80"],
-                              capture_output=True, text=True, env=self.env)  # fmt: skip
+        proc = subprocess.run(
+            [*self.command, "logs", "--no-color", "--tail", "80"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+        )
         return proc.stdout + proc.stderr
 
     def down(self) -> None:
@@ -106,8 +133,12 @@ class Stack(WebClient):
     def leftovers(self) -> dict[str, list[str]]:
         """The project's containers, network and volumes that still exist."""
         label = f"label=com.docker.compose.project={self.name}"
-        networks = json.loads(docker("network", "ls", "--format", "{{json .Name}}")
-                              .replace("\n", ",").strip(",").join("[]"))  # fmt: skip
+        networks = json.loads(
+            docker("network", "ls", "--format", "{{json .Name}}")
+            .replace("\n", ",")
+            .strip(",")
+            .join("[]")
+        )
         return {
             "containers": self.containers(),
             "networks": [n for n in networks if n.startswith(self.name)],

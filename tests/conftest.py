@@ -41,8 +41,10 @@ def service(
     share = passable(tmp_path_factory.mktemp("share"))
     share.chmod(0o755)  # a share the teams may read, as they usually can
     tmp = tmp_path_factory.mktemp("service-files")
-    env = {key: value.format(tmp=tmp) for key, value in
-           getattr(request.module, "SERVICE_ENV", {}).items()}  # fmt: skip
+    env = {
+        key: value.format(tmp=tmp)
+        for key, value in getattr(request.module, "SERVICE_ENV", {}).items()
+    }
     svc = Service(share, state_dir, log=share.parent / f"{share.name}-service.log", env=env)
     try:
         yield svc

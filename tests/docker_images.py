@@ -52,16 +52,25 @@ def local_base() -> str:
     if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode == 0:
         return BASE
     with tempfile.TemporaryDirectory(prefix="debootstrap-") as rootfs:
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", rootfs], check=True,
-                       capture_output=True, timeout=900)  # fmt: skip
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", rootfs],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
         Path(rootfs).chmod(0o755)  # the image's /: a temporary folder is the user's alone
         if HOST_CA.exists():
             cas = Path(rootfs) / "usr/local/share/ca-certificates"
             cas.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(HOST_CA, cas / "host-ca.crt")
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", BASE], stdin=tar.stdout, check=True,
-                       capture_output=True, timeout=600)  # fmt: skip
+        subprocess.run(
+            ["docker", "import", "-", BASE],
+            stdin=tar.stdout,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         tar.wait()
     return BASE
 

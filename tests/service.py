@@ -247,10 +247,23 @@ class Service(WebClient):
         self.log_path = log
         self._log = open(log, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, str(ROOT / "entrypoint.py"), role, "--share", str(share),
-             "--host", host, "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                *prefix,
+                sys.executable,
+                str(ROOT / "entrypoint.py"),
+                role,
+                "--share",
+                str(share),
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self._seen: set[psutil.Process] = set()
 
     @property

@@ -47,8 +47,9 @@ def test_a_process_and_what_it_left_behind_go_with_its_cgroup(tmp_path: Path) ->
         cgroup = cgroups.make("server")
         out = tmp_path / "out"
         with open(out, "w") as f:
-            proc = process.spawn([sys.executable, "-c", SETSID_GRANDCHILD], stdout=f,
-                                 cgroup=cgroup.procs)  # fmt: skip
+            proc = process.spawn(
+                [sys.executable, "-c", SETSID_GRANDCHILD], stdout=f, cgroup=cgroup.procs
+            )
         deadline = time.monotonic() + 30
         while not out.read_text().strip() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -74,8 +75,9 @@ def test_a_dead_runners_cgroups_are_emptied_and_removed() -> None:
     stale, _ = Cgroups.create(pid=dead)
     if stale is None:
         missing("no cgroup can be made here: run as root with cgroup v2 mounted rw")
-    proc = process.spawn([sys.executable, "-c", "import time; time.sleep(600)"],
-                         cgroup=stale.make("server").procs)  # fmt: skip
+    proc = process.spawn(
+        [sys.executable, "-c", "import time; time.sleep(600)"], cgroup=stale.make("server").procs
+    )
     time.sleep(0.2)
     mine, _ = Cgroups.create(pid=os.getpid())
     assert mine is not None

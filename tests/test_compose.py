@@ -66,10 +66,10 @@ defs = dg.Definitions(assets=[hog])
 
 
 @contextmanager
-def stack_up(tmp_path: Path, runner_image: str, postgres_image: str,
-             overrides: tuple[str, ...] = ()) -> Iterator[Stack]:  # fmt: skip
-    stack = Stack(tmp_path, image=runner_image, postgres_image=postgres_image,
-                  overrides=overrides)  # fmt: skip
+def stack_up(
+    tmp_path: Path, runner_image: str, postgres_image: str, overrides: tuple[str, ...] = ()
+) -> Iterator[Stack]:
+    stack = Stack(tmp_path, image=runner_image, postgres_image=postgres_image, overrides=overrides)
     try:
         stack.up()
         yield stack
@@ -100,8 +100,9 @@ def test_compose_runs_a_dropped_file_and_down_leaves_nothing(
         assert recorded == "SUCCESS"  # in the compose Postgres, not a local SQLite
 
         drop(stack.code_dir / "composed.py", asset_file(["first", "second"]))
-        wait_for("the edit", lambda: stack.asset_keys("composed") == ["first", "second"],
-                 timeout=300)  # fmt: skip
+        wait_for(
+            "the edit", lambda: stack.asset_keys("composed") == ["first", "second"], timeout=300
+        )
 
         (stack.code_dir / "composed.py").unlink()
         wait_for("the deletion", lambda: "composed" not in stack.locations(), timeout=120)
@@ -112,8 +113,9 @@ def test_compose_runs_a_dropped_file_and_down_leaves_nothing(
 def test_compose_with_docker_runs_contains_each_run_and_its_memory(
     runner_image: str, postgres_image: str, tmp_path: Path
 ) -> None:
-    with stack_up(tmp_path, runner_image, postgres_image,
-                  overrides=("compose.docker-runs.yaml",)) as stack:  # fmt: skip
+    with stack_up(
+        tmp_path, runner_image, postgres_image, overrides=("compose.docker-runs.yaml",)
+    ) as stack:
         drop(stack.code_dir / ".env", "GREETING=hello-from-settings\n")
         drop(stack.code_dir / "where.py", WHERE)
         drop(stack.code_dir / "hog.py", HOG)
@@ -155,7 +157,8 @@ def test_compose_with_docker_runs_contains_each_run_and_its_memory(
         # Each run container runs as its location's own user, with no capability.
         users = {name: c["Config"]["User"] for name, c in inspected.items()}
         assert len(set(users.values())) == 2 and all(
-            int(u.split(":")[0]) >= 20002 for u in users.values()), users  # fmt: skip
+            int(u.split(":")[0]) >= 20002 for u in users.values()
+        ), users
         assert where["HostConfig"]["CapDrop"] == ["ALL"]
         assert "no-new-privileges" in where["HostConfig"]["SecurityOpt"]
         pids = stack.host_pids()

@@ -22,9 +22,15 @@ def meta(tool_lines: str) -> script.ScriptMetadata | None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512m", 512 * MIB), ("512MiB", 512 * MIB), ("2G", 2048 * MIB), ("2gb", 2048 * MIB),
-     ("1.5g", 1536 * MIB), (268435456, 256 * MIB)],
-)  # fmt: skip
+    [
+        ("512m", 512 * MIB),
+        ("512MiB", 512 * MIB),
+        ("2G", 2048 * MIB),
+        ("2gb", 2048 * MIB),
+        ("1.5g", 1536 * MIB),
+        (268435456, 256 * MIB),
+    ],
+)
 def test_memory_is_read_as_docker_reads_it(text: object, expected: int) -> None:
     assert limits.parse_memory(text) == expected
 
@@ -63,9 +69,11 @@ def test_service_defaults_fill_what_the_file_leaves_out() -> None:
 
 def test_docker_runs_carry_limits_volumes_network_and_the_files_entry_point() -> None:
     runs = ContainerRuns.from_environ(
-        "docker", {"RUNNER_RUN_IMAGE": "img:1", "RUNNER_RUN_NETWORK": "net"},
-        own_container="c" * 64, defaults=RunLimits(cpus=1.0),
-    )  # fmt: skip
+        "docker",
+        {"RUNNER_RUN_IMAGE": "img:1", "RUNNER_RUN_NETWORK": "net"},
+        own_container="c" * 64,
+        defaults=RunLimits(cpus=1.0),
+    )
     args = runs.server_args("sales", RunLimits(memory=256 * MIB))
     assert "--use-python-environment-entry-point" in args
     assert args[args.index("--container-image") + 1] == "img:1"
@@ -83,9 +91,11 @@ def test_docker_runs_carry_limits_volumes_network_and_the_files_entry_point() ->
 
 def test_kubernetes_runs_mount_the_claims_and_carry_the_limits() -> None:
     runs = ContainerRuns.from_environ(
-        "k8s", {"RUNNER_RUN_VOLUMES": "runner-state:/var/lib/runner,share:/opt/dagster"},
-        own_container=None, defaults=RunLimits(),
-    )  # fmt: skip
+        "k8s",
+        {"RUNNER_RUN_VOLUMES": "runner-state:/var/lib/runner,share:/opt/dagster"},
+        own_container=None,
+        defaults=RunLimits(),
+    )
     assert runs.volumes == (
         Volume("runner-state", "/var/lib/runner"),
         Volume("share", "/opt/dagster"),
@@ -99,19 +109,22 @@ def test_kubernetes_runs_mount_the_claims_and_carry_the_limits() -> None:
 
 def test_runs_in_containers_run_as_their_locations_user_with_no_rights(tmp_path: Path) -> None:
     who = Identity(20007, 20007)
-    docker = ContainerRuns.from_environ("docker", {}, own_container="c" * 64,
-                                        defaults=RunLimits())  # fmt: skip
+    docker = ContainerRuns.from_environ("docker", {}, own_container="c" * 64, defaults=RunLimits())
     kwargs = container_runs.container_context(docker, "sales", RunLimits(), user=who)
     kwargs = kwargs["docker"]["container_kwargs"]
     assert (kwargs["user"], kwargs["group_add"]) == ("20007:20007", [])
     assert kwargs["cap_drop"] == ["ALL"] and kwargs["security_opt"] == ["no-new-privileges"]
-    k8s = ContainerRuns.from_environ("k8s", {"RUNNER_RUN_VOLUMES": "s:/s"}, own_container=None,
-                                     defaults=RunLimits())  # fmt: skip
+    k8s = ContainerRuns.from_environ(
+        "k8s", {"RUNNER_RUN_VOLUMES": "s:/s"}, own_container=None, defaults=RunLimits()
+    )
     context = container_runs.container_context(k8s, "sales", RunLimits(), user=who)["k8s"]
     assert context["security_context"] == {
-        "run_as_user": 20007, "run_as_group": 20007, "run_as_non_root": True,
-        "allow_privilege_escalation": False, "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+        "run_as_user": 20007,
+        "run_as_group": 20007,
+        "run_as_non_root": True,
+        "allow_privilege_escalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     # Its run settings are its own user's to read, with its HOME and TMPDIR.
     env_file = tmp_path / "runs" / "sales.json"
     if os.geteuid() == 0:
@@ -148,8 +161,12 @@ def test_launcher_kind_knows_dagsters_container_launchers() -> None:
 def test_docker_runs_get_an_instance_folder_and_config_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("DAGSTER_HOME", "RUNNER_WORKSPACE_DIR", "DAGSTER_DATABASE_URL",
-                 "DAGSTER_POSTGRES_HOST"):  # fmt: skip
+    for name in (
+        "DAGSTER_HOME",
+        "RUNNER_WORKSPACE_DIR",
+        "DAGSTER_DATABASE_URL",
+        "DAGSTER_POSTGRES_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "docker")
     where = paths.layout(tmp_path)
@@ -191,8 +208,7 @@ def test_an_oom_kill_is_reported_on_the_run_it_killed(tmp_path: Path, finished: 
         run = instance.add_run(
             DagsterRun(job_name="__ASSET_JOB", job_code_origin=origin, status=status)
         )
-        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id,
-                              instance_ref=instance.get_ref())  # fmt: skip
+        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=instance.get_ref())
         run_boot.report_oom(["api", "execute_run", serialize_value(args)], 1)
 
         reported = instance.get_run_by_id(run.run_id)

@@ -38,8 +38,12 @@ def test_the_dagster_internals_we_use_are_there() -> None:
     for method in ("_load_location", "_start_watch_thread"):
         assert callable(getattr(WorkspaceProcessContext, method))
     context_init = inspect.getsource(WorkspaceProcessContext.__init__)
-    for attribute in ("_current_workspace", "_lock", "_watch_threads",
-                      "_watch_thread_shutdown_events"):  # fmt: skip
+    for attribute in (
+        "_current_workspace",
+        "_lock",
+        "_watch_threads",
+        "_watch_thread_shutdown_events",
+    ):
         assert f"self.{attribute}" in context_init, attribute
     assert "_origins" in inspect.getsource(WorkspaceProcessContext)
 
@@ -50,8 +54,11 @@ def test_daemon_follows_workspace_changes_and_acknowledges_them(tmp_path: Path) 
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "daemon", "--share", str(tmp_path)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for("the daemon to load the empty workspace", lambda: _acked(workspace), timeout=60)
         # A location whose server is down: the daemon records the error and moves on.

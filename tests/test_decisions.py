@@ -85,23 +85,39 @@ class History:
             elif isinstance(action, Abandon):
                 self.carry(lifecycle.abandon(self.locations[action.name]))
             elif isinstance(action, Reject):
-                self.carry(lifecycle.reject(loc, action.error, collision=action.collision,
-                                            keep_last_good=self.keep, now=self.now))  # fmt: skip
+                self.carry(
+                    lifecycle.reject(
+                        loc,
+                        action.error,
+                        collision=action.collision,
+                        keep_last_good=self.keep,
+                        now=self.now,
+                    )
+                )
             elif isinstance(action, Prepare):
-                self.carry(lifecycle.prepare(loc, action.spec, envs.spec_for(action.spec.metadata),
-                                             last_good=action.last_good, now=self.now))  # fmt: skip
+                self.carry(
+                    lifecycle.prepare(
+                        loc,
+                        action.spec,
+                        envs.spec_for(action.spec.metadata),
+                        last_good=action.last_good,
+                        now=self.now,
+                    )
+                )
         for loc in list(self.locations.values()):
             stable = self.desired.get(loc.name)
-            self.carry(lifecycle.promote(loc, stable=stable.digest if stable else None,
-                                         now=self.now))  # fmt: skip
+            self.carry(
+                lifecycle.promote(loc, stable=stable.digest if stable else None, now=self.now)
+            )
 
     def built(self, key: str = ENV.key, *, error: envs.BuildError | None = None) -> None:
         env = None if error else envs.Env(key, Path("/envs") / key)
         if env is not None:
             self.envs[env.key] = env
         for loc in list(self.locations.values()):
-            self.carry(lifecycle.env_done(loc, key, env, error, keep_last_good=self.keep,
-                                          now=self.now))  # fmt: skip
+            self.carry(
+                lifecycle.env_done(loc, key, env, error, keep_last_good=self.keep, now=self.now)
+            )
 
     def spawn(self, name: str) -> FakeServer:
         loc = self.locations[name]
@@ -117,12 +133,19 @@ class History:
         cur = loc.current
         serves_well = cur is not None and cur.alive() and cur.load_error is None
         stable = self.desired.get(name)
-        self.carry(lifecycle.answered(
-            loc, serial, start_error=None,
-            load_error=error_info(load_error) if load_error else None, ignored=(),
-            serves_well=serves_well, keep_last_good=self.keep,
-            stable=stable.digest if stable else None, now=self.now,
-        ))  # fmt: skip
+        self.carry(
+            lifecycle.answered(
+                loc,
+                serial,
+                start_error=None,
+                load_error=error_info(load_error) if load_error else None,
+                ignored=(),
+                serves_well=serves_well,
+                keep_last_good=self.keep,
+                stable=stable.digest if stable else None,
+                now=self.now,
+            )
+        )
 
     def serve(self, name: str, version: str) -> FakeServer:
         """The file at ``version`` on the share, its env built, its server answering."""
@@ -307,9 +330,17 @@ def test_a_deletion_while_the_next_version_is_starting_stops_both() -> None:
     immediately = [e.immediately for e in h.since(mark) if isinstance(e, Retire)]
     assert immediately == [True, False]  # the unpublished one at once
     # Its late answer changes nothing.
-    step = lifecycle.answered(Location("a"), serial, start_error=None, load_error=None,
-                              ignored=(), serves_well=False, keep_last_good=True, stable=None,
-                              now=h.now)  # fmt: skip
+    step = lifecycle.answered(
+        Location("a"),
+        serial,
+        start_error=None,
+        load_error=None,
+        ignored=(),
+        serves_well=False,
+        keep_last_good=True,
+        stable=None,
+        now=h.now,
+    )
     assert step.loc == Location("a") and step.effects == ()
 
 

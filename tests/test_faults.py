@@ -120,8 +120,11 @@ def test_a_last_good_version_that_dies_is_restarted_and_the_failure_stays(
     service.wait_error("keeper~new-version-failed", "SyntaxError")
     pid = service.server_pids("keeper")[-1]
     os.kill(pid, signal.SIGKILL)
-    wait_for("the last good version again",
-             lambda: "the last good version again" in service.log_text(), timeout=60)  # fmt: skip
+    wait_for(
+        "the last good version again",
+        lambda: "the last good version again" in service.log_text(),
+        timeout=60,
+    )
     service.wait_loaded("keeper")
     assert service.asset_keys("keeper") == ["kept"]
     assert "SyntaxError" in (service.error_of("keeper~new-version-failed") or "")
@@ -151,8 +154,9 @@ def test_a_second_runner_on_the_share_waits_and_takes_over(tmp_path: Path, state
             drop(first.code_dir / "later.py", asset_file(["later"]))
             second.wait_loaded("later", timeout=120)
             drop(first.code_dir / "shared.py", asset_file(["s", "s2"]))
-            wait_for("the edit on the standby's UI", lambda: second.asset_keys("shared") == [
-                "s", "s2"])  # fmt: skip
+            wait_for(
+                "the edit on the standby's UI", lambda: second.asset_keys("shared") == ["s", "s2"]
+            )
             (first.code_dir / "later.py").unlink()
             wait_for("the removal on the standby's UI", lambda: "later" not in second.locations())
             assert "starting later" not in second.log_text()
@@ -160,8 +164,9 @@ def test_a_second_runner_on_the_share_waits_and_takes_over(tmp_path: Path, state
             assert not alive(escaped)  # the whole service's stop took it too
             # Its webserver still shows the first runner's entries until the takeover.
             wait_for("the takeover", lambda: "took over the share from" in second.log_text())
-            wait_for("its own server", lambda: "serving shared on " in second.log_text(),
-                     timeout=120)  # fmt: skip
+            wait_for(
+                "its own server", lambda: "serving shared on " in second.log_text(), timeout=120
+            )
             second.wait_loaded("shared", timeout=120)
 
 
@@ -170,8 +175,9 @@ def test_a_git_host_that_never_answers_fails_soon_and_is_named(service: Service)
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # accepts connections (the kernel does), never answers
     held: list[socket.socket] = []
-    threading.Thread(target=lambda: held.extend(iter(lambda: silent.accept()[0], None)),
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(
+        target=lambda: held.extend(iter(lambda: silent.accept()[0], None)), daemon=True
+    ).start()
     port = silent.getsockname()[1]
     text = asset_file(["g"]).replace(
         '["dagster"]', f'["dagster", "tool @ git+http://127.0.0.1:{port}/team/tool.git"]'
@@ -313,8 +319,13 @@ def test_a_missing_package_says_to_add_it_to_the_files_dependencies(service: Ser
     assert "`bs4` is not installed in this file's environment" in first, message
     assert 'add "beautifulsoup4" to the `dependencies`' in first, message
     assert "No module named 'bs4'" in message  # Dagster's own text stays below
-    wait_for("the advice in runner status", lambda: "`bs4` is not installed" in (
-        service.status_rows()["scraping/soup.py"].get("error") or ""))  # fmt: skip
+    wait_for(
+        "the advice in runner status",
+        lambda: (
+            "`bs4` is not installed"
+            in (service.status_rows()["scraping/soup.py"].get("error") or "")
+        ),
+    )
     service.wait_loaded("scraping.headline")
     # A module missing beside the file is a folder problem: Dagster's text, unchanged.
     drop(folder / "local.py", importing(["local"], "import title.sub"))
@@ -327,8 +338,11 @@ def test_a_missing_package_says_to_add_it_to_the_files_dependencies(service: Ser
 def test_reload_all_retries_every_failed_location(service: Service, tmp_path: Path) -> None:
     # Fails while a flag is missing: a database down at import, a package not yet published.
     flag = passable(tmp_path) / "database-is-up"  # outside the share: no file changes
-    moody = importing(["moody"], f"import os\nif not os.path.exists({str(flag)!r}):\n"
-                      "    raise RuntimeError('the database is down')")  # fmt: skip
+    moody = importing(
+        ["moody"],
+        f"import os\nif not os.path.exists({str(flag)!r}):\n"
+        "    raise RuntimeError('the database is down')",
+    )
     drop(service.code_dir / "moody_a.py", moody)
     drop(service.code_dir / "moody_b.py", moody)
     service.wait_error("moody_a", "the database is down")

@@ -20,9 +20,11 @@ def test_a_webserver_takes_a_new_version_in_only_after_the_daemon(tmp_path: Path
     follow.write_ack(workspace, follow.file_digest(workspace))  # a daemon that has v1
     refreshed: list[str] = []
     follower = follow.WebserverFollower(
-        workspace, follow.file_digest(workspace), lambda: refreshed.append(workspace.read_text()),
+        workspace,
+        follow.file_digest(workspace),
+        lambda: refreshed.append(workspace.read_text()),
         check_every=0.01,
-    )  # fmt: skip
+    )
     follower.start()
     try:
         [ack] = follow.webserver_acks(workspace)
@@ -32,8 +34,11 @@ def test_a_webserver_takes_a_new_version_in_only_after_the_daemon(tmp_path: Path
         assert refreshed == []  # the daemon has not loaded v2
         follow.write_ack(workspace, follow.file_digest(workspace))
         wait_for("the follower's refresh", lambda: refreshed == ["v2\n"], timeout=5)
-        wait_for("its ack", lambda: follow.webserver_acks(workspace)[0].digest
-                 == follow.file_digest(workspace), timeout=5)  # fmt: skip
+        wait_for(
+            "its ack",
+            lambda: follow.webserver_acks(workspace)[0].digest == follow.file_digest(workspace),
+            timeout=5,
+        )
         follow.ack_path(workspace).unlink()  # no daemon follows: no waiting
         workspace.write_text("v3\n")
         wait_for("the follower's refresh", lambda: refreshed[-1:] == ["v3\n"], timeout=5)
@@ -56,8 +61,9 @@ def test_the_publisher_waits_for_following_webservers_instead_of_asking(tmp_path
     follow.write_ack(workspace, None, "webserver")  # a following webserver, this process
     published: list[int] = []
     # Nothing listens at the URL: a request would fail and be retried, never published.
-    publisher = Publisher(workspace, webserver_url="http://127.0.0.1:9",
-                          on_published=published.append)  # fmt: skip
+    publisher = Publisher(
+        workspace, webserver_url="http://127.0.0.1:9", on_published=published.append
+    )
     publisher.start()
     try:
         version = publisher.submit([Entry("a", "127.0.0.1", 4000, server_id="a-1")])

@@ -23,7 +23,10 @@ ALL_CAPS = int("1fffeffffff", 16)
 def test_the_range_reserves_the_templates_and_the_builds_ids() -> None:
     ids = IdRange.parse(" 20000 - 29999 ")
     assert (ids.template, ids.builds, ids.locations) == (
-        Identity(20000, 20000), Identity(20001, 20001), (20002, 29999))
+        Identity(20000, 20000),
+        Identity(20001, 20001),
+        (20002, 29999),
+    )
     for bad in ("20000", "0-10", "5-6", "x-y"):
         with pytest.raises(ValueError, match="RUNNER_UID_RANGE"):
             IdRange.parse(bad)
@@ -131,18 +134,40 @@ def test_a_template_trusts_dagster_only_from_the_services_own_indexes() -> None:
 
 
 def test_the_webserver_metrics_and_tcp_servers_are_closed_to_the_locations_ids() -> None:
-    wanted = fence.targets(webserver_url="http://web:3000", metrics="9100", servers_on_tcp=True,
-                           resolve=lambda host: {"web": ["10.0.0.5"]}.get(host, ["127.0.0.1"]),
-                           local_ports="32768:60999")  # fmt: skip
+    wanted = fence.targets(
+        webserver_url="http://web:3000",
+        metrics="9100",
+        servers_on_tcp=True,
+        resolve=lambda host: {"web": ["10.0.0.5"]}.get(host, ["127.0.0.1"]),
+        local_ports="32768:60999",
+    )
     assert wanted == [
         fence.Target("10.0.0.5", "3000", "the webserver"),
         fence.Target("127.0.0.1", "9100", "the runner's metrics"),
         fence.Target(None, "32768:60999", "the code servers' ports"),
     ]
     assert fence.rule(wanted[0], (20002, 29999), "dagster-code-runner:7") == [
-        "OUTPUT", "-p", "tcp", "--syn", "-d", "10.0.0.5", "--dport", "3000", "-m", "owner",
-        "--uid-owner", "20002-29999", "-m", "comment", "--comment", "dagster-code-runner:7",
-        "-j", "REJECT", "--reject-with", "tcp-reset"]  # fmt: skip
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--syn",
+        "-d",
+        "10.0.0.5",
+        "--dport",
+        "3000",
+        "-m",
+        "owner",
+        "--uid-owner",
+        "20002-29999",
+        "-m",
+        "comment",
+        "--comment",
+        "dagster-code-runner:7",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]
     assert "--dst-type" in fence.rule(wanted[2], (1, 2), "t")
 
 
@@ -191,11 +216,20 @@ print(repr(out))
 def test_a_template_can_fork_into_location_ids_only_and_a_server_keeps_no_rights() -> None:
     boot = str(Path(__file__).resolve().parent.parent / "runner" / "boot")
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    done = subprocess.run([python, "-S", "-c", DROP.format(boot=boot)], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [python, "-S", "-c", DROP.format(boot=boot)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     child, template = (eval(line) for line in done.stdout.splitlines())
     assert template == {"root": 1, "builds": 1, "outside": 1, "groups": 1, "mixed": 1}
-    assert child == {"Uid": "20005\t20005\t20005\t20005", "Gid": "20005\t20005\t20005\t20005",
-                     "Groups": "", "CapEff": "0" * 16, "CapPrm": "0" * 16, "CapInh": "0" * 16,
-                     "CapBnd": "0" * 16, "CapAmb": "0" * 16, "NoNewPrivs": "1"}  # fmt: skip
+    assert child == {
+        "Uid": "20005\t20005\t20005\t20005",
+        "Gid": "20005\t20005\t20005\t20005",
+        "Groups": "",
+        "CapEff": "0" * 16,
+        "CapPrm": "0" * 16,
+        "CapInh": "0" * 16,
+        "CapBnd": "0" * 16,
+        "CapAmb": "0" * 16,
+        "NoNewPrivs": "1",
+    }

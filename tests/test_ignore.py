@@ -10,8 +10,13 @@ SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 
 
 def test_ignored_files_and_folders_are_not_locations_and_say_why(tmp_path: Path) -> None:
-    for relpath in ("a.py", "cli_dump.py", "tools/migrate.py", "team/cli_keep.py",
-                    "team/cli_other.py"):  # fmt: skip
+    for relpath in (
+        "a.py",
+        "cli_dump.py",
+        "tools/migrate.py",
+        "team/cli_keep.py",
+        "team/cli_other.py",
+    ):
         (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relpath).write_text(SCRIPT)
     (tmp_path / ".runnerignore").write_text("# not pipelines\n\ntools/\ncli_*.py\n")

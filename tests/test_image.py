@@ -39,8 +39,18 @@ def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
     (share / "code_location").chmod(0o777)
     port = free_port("127.0.0.1")
     name = f"runner-test-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000",
-           "-v", f"{share}:/opt/dagster", runner_image, "all")  # fmt: skip
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"127.0.0.1:{port}:3000",
+        "-v",
+        f"{share}:/opt/dagster",
+        runner_image,
+        "all",
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for("the UI", lambda: requests.get(f"{url}/server_info", timeout=5).ok, timeout=180)
@@ -60,8 +70,10 @@ def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
         users: dict[str, set[int]] = {}
         for line in docker("top", name, "-eo", "pid,uid,args").splitlines()[1:]:
             _, uid, args = line.split(None, 2)
-            role = next((r for r in ("runner webserver", "runner daemon", "runner serve")
-                         if r in args), "other")  # fmt: skip
+            role = next(
+                (r for r in ("runner webserver", "runner daemon", "runner serve") if r in args),
+                "other",
+            )
             users.setdefault(role, set()).add(int(uid))
         assert users["runner webserver"] == users["runner daemon"] == {10001}, users
         assert users["runner serve"] == {0}, users  # it switches users for the locations
@@ -74,7 +86,10 @@ def test_image_serves_the_ui_and_a_dropped_file_and_stops_clean(
         assert not state["Running"] and stopped_in < 30, (state, stopped_in)
         assert not [pid for pid in pids if psutil.pid_exists(pid)], "processes outlived it"
     finally:
-        print(subprocess.run(["docker", "logs", "--tail", "60", name], capture_output=True,
-                             text=True).stdout)  # fmt: skip
+        print(
+            subprocess.run(
+                ["docker", "logs", "--tail", "60", name], capture_output=True, text=True
+            ).stdout
+        )
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     assert name not in docker("ps", "-a", "--format", "{{.Names}}")

@@ -81,15 +81,21 @@ def test_a_k8s_run_of_a_location_runs_in_its_env_with_its_volumes_and_limits(
     env_file = container_runs.run_env_file(tmp_path / "state", "podded")
     container_runs.write_run_env(env_file, {"GREETING": "hi"}, tmp_path / "work")
     code_server = server.start(
-        location="podded", python=python, file=file, host="127.0.0.1", env=dict(os.environ),
-        workdir=tmp_path / "work", sidecars=tmp_path / "sidecars",
+        location="podded",
+        python=python,
+        file=file,
+        host="127.0.0.1",
+        env=dict(os.environ),
+        workdir=tmp_path / "work",
+        sidecars=tmp_path / "sidecars",
         run_args=runs.server_args("podded", metadata.run_limits),
         run_entry_point=container_runs.entry_point(python, env_file),
-    )  # fmt: skip
+    )
     try:
         assert code_server.wait_ready(timeout=120) is None
-        origin = GrpcServerCodeLocationOrigin(host="127.0.0.1", port=code_server.port,
-                                              location_name="podded")  # fmt: skip
+        origin = GrpcServerCodeLocationOrigin(
+            host="127.0.0.1", port=code_server.port, location_name="podded"
+        )
         home = tmp_path / "home"
         home.mkdir()
         with (
@@ -127,11 +133,19 @@ def test_a_k8s_run_of_a_location_runs_in_its_env_with_its_volumes_and_limits(
     [container] = pod.spec.containers
     assert container.image == "registry.example/dagster-code-runner:1"
     # The file's interpreter runs boot/run.py with the location's run env, then the worker.
-    assert container.args[:5] == [str(python), str(container_runs.RUN_BOOT), str(env_file),
-                                  "api", "execute_run"]  # fmt: skip
+    assert container.args[:5] == [
+        str(python),
+        str(container_runs.RUN_BOOT),
+        str(env_file),
+        "api",
+        "execute_run",
+    ]
     mounts = {m.mount_path: m.name for m in container.volume_mounts}
-    claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.spec.volumes
-              if v.persistent_volume_claim}  # fmt: skip
+    claims = {
+        v.name: v.persistent_volume_claim.claim_name
+        for v in pod.spec.volumes
+        if v.persistent_volume_claim
+    }
     assert {path: claims[name] for path, name in mounts.items() if name in claims} == {
         "/var/lib/runner": "runner-state",
         "/opt/dagster": "share",

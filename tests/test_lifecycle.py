@@ -309,8 +309,10 @@ defs = dg.Definitions(assets=[sensed], jobs=[sensed_job], sensors=[once])
         runs = data["runsOrError"]["results"]
         return runs[0]["status"] if runs else None
 
-    status = wait_for("the sensor's run to finish",
-                      lambda: sensor_run() in ("SUCCESS", "FAILURE") and sensor_run(),
-                      timeout=180)  # fmt: skip
+    status = wait_for(
+        "the sensor's run to finish",
+        lambda: sensor_run() in ("SUCCESS", "FAILURE") and sensor_run(),
+        timeout=180,
+    )
     assert status == "SUCCESS"
     assert "/envs/" in marker.read_text()  # it ran in the file's environment

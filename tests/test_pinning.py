@@ -48,15 +48,20 @@ def uv_lock(folder: Path, name: str, text: str, *options: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text)
     for args in ([], list(options)):
-        subprocess.run([uv.find_uv_bin(), "lock", "--script", name, "--quiet", *args],
-                       cwd=folder, check=True)  # fmt: skip
+        subprocess.run(
+            [uv.find_uv_bin(), "lock", "--script", name, "--quiet", *args], cwd=folder, check=True
+        )
     return (folder / f"{name}.lock").read_text()
 
 
 def row(svc: Service, file: str) -> dict[str, Any]:
     """The file's row in ``python -m runner status --json``, as an operator reads it."""
-    out = subprocess.run([sys.executable, "-m", "runner", "status", "--json", "--share",
-                          str(svc.share)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "status", "--json", "--share", str(svc.share)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     rows = [r for r in json.loads(out.stdout).get("files", []) if r["file"] == file]
     return rows[0] if rows else {}
 
@@ -64,10 +69,14 @@ def row(svc: Service, file: str) -> dict[str, Any]:
 def serving_with(svc: Service, file: str, pins: str, six: str) -> dict[str, Any]:
     return wait_for(
         f"{file} serving from {pins} pins with six {six}",
-        lambda: (r := row(svc, file)).get("state") == "serving" and r.get("pins") == pins
-        and (r.get("versions") or {}).get("six") == six and r,
+        lambda: (
+            (r := row(svc, file)).get("state") == "serving"
+            and r.get("pins") == pins
+            and (r.get("versions") or {}).get("six") == six
+            and r
+        ),
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def shown_versions(svc: Service, name: str) -> str:
@@ -80,8 +89,12 @@ def shown_versions(svc: Service, name: str) -> str:
 
 
 def six_in(env_path: str) -> str:
-    return subprocess.run([f"{env_path}/bin/python", "-c", "import six; print(six.__version__)"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        [f"{env_path}/bin/python", "-c", "import six; print(six.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def test_a_files_lock_is_honoured_edits_swap_and_a_stale_one_keeps_the_last_good(
@@ -94,8 +107,11 @@ def test_a_files_lock_is_honoured_edits_swap_and_a_stale_one_keeps_the_last_good
     first = serving_with(service, "pinned.py", "own", "1.16.0")
     assert six_in(first["env_path"]) == "1.16.0"  # the newest is 1.17.0: the lock was used
     assert first["versions"]["dagster"]
-    assert wait_for("the versions in the UI", lambda: "six 1.16.0" in shown_versions(
-        service, "pinned"), timeout=60)  # fmt: skip
+    assert wait_for(
+        "the versions in the UI",
+        lambda: "six 1.16.0" in shown_versions(service, "pinned"),
+        timeout=60,
+    )
     assert "own lockfile" in shown_versions(service, "pinned")
 
     # A lock edit builds the new environment aside and swaps.
@@ -107,8 +123,11 @@ def test_a_files_lock_is_honoured_edits_swap_and_a_stale_one_keeps_the_last_good
     # Metadata edited without relocking: an error that says how to fix it; the last good
     # version keeps serving.
     drop(service.code_dir / "pinned.py", script("toolz"))
-    failed = wait_for("the stale lock reported", lambda: (r := row(service, "pinned.py"))
-                      .get("error") and r, timeout=300)  # fmt: skip
+    failed = wait_for(
+        "the stale lock reported",
+        lambda: (r := row(service, "pinned.py")).get("error") and r,
+        timeout=300,
+    )
     assert "does not match" in failed["error"] and "uv lock --script pinned.py" in failed["error"]
     assert failed["serving"] and failed["pid"] == second["pid"]
     assert "does not match" in service.wait_error("pinned~new-version-failed", "lockfile")
@@ -117,9 +136,16 @@ def test_a_files_lock_is_honoured_edits_swap_and_a_stale_one_keeps_the_last_good
     # Without its lock, the file is resolved by the runner (and the runner wrote nothing
     # beside the file, ever).
     (service.code_dir / "pinned.py.lock").unlink()
-    unlocked = wait_for("served without the lock", lambda: (r := row(service, "pinned.py"))
-                        .get("state") == "serving" and r.get("pins") in ("fresh", "kept")
-                        and "toolz" in (r.get("versions") or {}) and r, timeout=300)  # fmt: skip
+    unlocked = wait_for(
+        "served without the lock",
+        lambda: (
+            (r := row(service, "pinned.py")).get("state") == "serving"
+            and r.get("pins") in ("fresh", "kept")
+            and "toolz" in (r.get("versions") or {})
+            and r
+        ),
+        timeout=300,
+    )
     assert unlocked["versions"]["six"] == "1.17.0"
     assert sorted(p.name for p in service.code_dir.iterdir()) == ["pinned.py"]
 
@@ -137,8 +163,18 @@ def test_the_kept_resolution_survives_an_empty_cache_and_the_lock_command_gives_
     # environment and the uv cache.
     env_path = Path(fresh["env_path"])
     meta_script = env_path.parent / ".scripts" / f"{env_path.name}.py"
-    subprocess.run([uv.find_uv_bin(), "lock", "--script", str(meta_script), "--quiet",
-                    "--upgrade-package", "six==1.16.0"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            uv.find_uv_bin(),
+            "lock",
+            "--script",
+            str(meta_script),
+            "--quiet",
+            "--upgrade-package",
+            "six==1.16.0",
+        ],
+        check=True,
+    )
     shutil.rmtree(env_path)
     env = {"UV_CACHE_DIR": str(tmp_path / "cache-2")}  # empty: packages come from the index
     with running(share, state, tmp_path / "second.log", env=env) as svc:
@@ -148,17 +184,33 @@ def test_the_kept_resolution_survives_an_empty_cache_and_the_lock_command_gives_
 
         # The lock command gives a lock for the file's own metadata with those versions;
         # committed beside the file, it serves the same versions from the file's own lock.
-        out = subprocess.run([sys.executable, "-m", "runner", "lock", str(svc.code_dir /
-                              "kept.py"), "--share", str(share)], capture_output=True,
-                             text=True, cwd=ROOT, env={**os.environ, **env})  # fmt: skip
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "lock",
+                str(svc.code_dir / "kept.py"),
+                "--share",
+                str(share),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
         assert out.returncode == 0, out.stderr
         assert 'name = "six"\nversion = "1.16.0"' in out.stdout
         checkout = tmp_path / "checkout"
         checkout.mkdir()
         (checkout / "kept.py").write_text(script())
         (checkout / "kept.py.lock").write_text(out.stdout)
-        locked = subprocess.run([uv.find_uv_bin(), "lock", "--script", "kept.py", "--check"],
-                                cwd=checkout, capture_output=True, text=True)  # fmt: skip
+        locked = subprocess.run(
+            [uv.find_uv_bin(), "lock", "--script", "kept.py", "--check"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+        )
         assert locked.returncode == 0, locked.stderr  # up to date for the file as it is
         drop(svc.code_dir / "kept.py.lock", out.stdout)
         own = serving_with(svc, "kept.py", "own", "1.16.0")
@@ -285,8 +337,12 @@ def test_tool_uv_works_and_index_credentials_from_the_environment_never_show(
 ) -> None:
     secret, wrong = "s3cret-Team-Token-5521", "wr0ng-Token-9817"
     index = PrivateIndex("team", secret)
-    env = {"UV_INDEX_TEAM_USERNAME": "team", "UV_INDEX_TEAM_PASSWORD": secret,
-           "UV_INDEX_OTHER_USERNAME": "team", "UV_INDEX_OTHER_PASSWORD": wrong}  # fmt: skip
+    env = {
+        "UV_INDEX_TEAM_USERNAME": "team",
+        "UV_INDEX_TEAM_PASSWORD": secret,
+        "UV_INDEX_OTHER_USERNAME": "team",
+        "UV_INDEX_OTHER_PASSWORD": wrong,
+    }
     share, state = tmp_path / "share", tmp_path / "state"
     try:
         with running(share, state, tmp_path / "service.log", env=env) as svc:
@@ -300,8 +356,11 @@ def test_tool_uv_works_and_index_credentials_from_the_environment_never_show(
             assert private["versions"]["teamlib"] == "1.0.0"
             error = svc.wait_error("refused", "401", timeout=300)
             assert index.refused >= 1
-            dated = wait_for("dated.py serving", lambda: (r := row(svc, "dated.py")).get(
-                "state") == "serving" and r, timeout=300)  # fmt: skip
+            dated = wait_for(
+                "dated.py serving",
+                lambda: (r := row(svc, "dated.py")).get("state") == "serving" and r,
+                timeout=300,
+            )
             assert dated["versions"]["six"] == "1.16.0"  # 1.17.0 came out after exclude-newer
             shown = json.dumps([row(svc, "refused.py"), private, svc.locations()])
     finally:
@@ -315,7 +374,8 @@ def test_tool_uv_works_and_index_credentials_from_the_environment_never_show(
             p.read_text() for p in (state / "envs" / ".scripts").glob("*.lock")
         ),
         "the run env files": "".join(p.read_text() for p in (state / "runs").glob("*.json"))
-        if (state / "runs").exists() else "",
-    }  # fmt: skip
+        if (state / "runs").exists()
+        else "",
+    }
     for where, text in places.items():
         assert secret not in text and wrong not in text, f"a credential in {where}"

@@ -73,13 +73,21 @@ def test_adding_editing_and_removing_a_lock_changes_the_files_version(tmp_path: 
 def test_status_says_how_a_file_is_pinned_and_its_versions() -> None:
     from runner import status
 
-    row = status.FileStatus(file="pipe.py", location="pipe", state="serving", pins="kept",
-                            versions={"dagster": "1.13.27", "six": "1.16.0"})  # fmt: skip
-    snapshot = status.Snapshot({"pid": 1, "host": "h", "files": [status._jsonable(row)]},
-                               running=True, why_not=None)  # fmt: skip
+    row = status.FileStatus(
+        file="pipe.py",
+        location="pipe",
+        state="serving",
+        pins="kept",
+        versions={"dagster": "1.13.27", "six": "1.16.0"},
+    )
+    snapshot = status.Snapshot(
+        {"pid": 1, "host": "h", "files": [status._jsonable(row)]}, running=True, why_not=None
+    )
     text = status.render(snapshot)
-    assert ("pipe versions: dagster 1.13.27, six 1.16.0 (as the runner locked them when it "
-            "first built this metadata)") in text
+    assert (
+        "pipe versions: dagster 1.13.27, six 1.16.0 (as the runner locked them when it "
+        "first built this metadata)"
+    ) in text
 
 
 def test_dagsters_libraries_beside_a_lock_are_the_release_of_its_dagster() -> None:

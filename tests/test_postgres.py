@@ -73,9 +73,19 @@ def test_runs_are_stored_in_postgres(database_url: str, tmp_path: Path, state_di
         (checkout / "locked.py").write_text(locked)
         # dagster as the runner's own: Dagster's libraries are not always released with
         # every dagster patch release, and dagster-postgres must match it exactly.
-        subprocess.run([uv.find_uv_bin(), "lock", "--script", "locked.py", "--quiet",
-                        "--upgrade-package", f"dagster=={version('dagster')}"],
-                       cwd=checkout, check=True)  # fmt: skip
+        subprocess.run(
+            [
+                uv.find_uv_bin(),
+                "lock",
+                "--script",
+                "locked.py",
+                "--quiet",
+                "--upgrade-package",
+                f"dagster=={version('dagster')}",
+            ],
+            cwd=checkout,
+            check=True,
+        )
         lock = (checkout / "locked.py.lock").read_text()
         assert "dagster-postgres" not in lock
         drop(service.code_dir / "locked.py.lock", lock)
@@ -96,8 +106,11 @@ def test_an_unreachable_database_is_one_clear_error_retried(
 ) -> None:
     env = {"DAGSTER_DATABASE_URL": "postgresql://postgres@127.0.0.1:9/nowhere"}
     with running(tmp_path / "share", state_dir, tmp_path / "service.log", env) as service:
-        wait_for("two attempts", lambda: service.log_text().count("cannot open the Dagster") >= 2,
-                 timeout=60)  # fmt: skip
+        wait_for(
+            "two attempts",
+            lambda: service.log_text().count("cannot open the Dagster") >= 2,
+            timeout=60,
+        )
         assert service.proc.poll() is None  # still waiting, not crashed
         log = service.log_text()
         assert "retrying in" in log and "Traceback" not in log

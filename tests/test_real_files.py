@@ -180,8 +180,11 @@ def test_a_file_reads_its_own_secret_and_its_neighbour_cannot(
     row = status_rows(service)["team/billing.py"]
     assert row["variables"] == ["API_TOKEN", "DB_PASSWORD", "TEAM_SHARED"]
     assert row["settings"][-1].endswith("team/billing.env")
-    for where in (service.log_text(), status_text(service),
-                  (service.share / "dagster_home" / "workspace.yaml").read_text()):  # fmt: skip
+    for where in (
+        service.log_text(),
+        status_text(service),
+        (service.share / "dagster_home" / "workspace.yaml").read_text(),
+    ):
         for value in ("tok-3f9a", "hunter2-8c1e", "service-secret-9d1f"):
             assert value not in where
 
@@ -328,16 +331,19 @@ def test_reload_of_a_serving_location_restarts_its_server(service: Service) -> N
 def test_a_git_host_that_is_down_is_retrying_whatever_the_wording(service: Service) -> None:
     as_url = script("x = 1", deps='["dagster", "teamtool @ git+https://git.example.invalid/t.git"]')
     as_source = script(
-        "x = 1", deps='["dagster", "teamtool"]',
+        "x = 1",
+        deps='["dagster", "teamtool"]',
         meta='# [tool.uv.sources]\n# teamtool = { git = "https://git.example.invalid/t.git" }\n',
-    )  # fmt: skip
+    )
     drop(service.code_dir / "git_url.py", as_url)
     drop(service.code_dir / "git_source.py", as_source)
     for name in ("git_url", "git_source"):
         message = service.wait_error(name, "retrying in", timeout=180)
         assert "git.example.invalid" in message
-        wait_for(f"{name} retrying", lambda n=name: status_rows(service)[f"{n}.py"]["state"]
-                 == "retrying")  # fmt: skip
+        wait_for(
+            f"{name} retrying",
+            lambda n=name: status_rows(service)[f"{n}.py"]["state"] == "retrying",
+        )
     for name in ("git_url", "git_source"):
         (service.code_dir / f"{name}.py").unlink()
 
@@ -350,9 +356,13 @@ def test_broken_files_are_reported_once_not_at_every_publish(service: Service) -
         drop(service.code_dir / f"broken_{i}.py", script(f"def broken_{i}(:\n    pass"))
     for i in range(10):
         service.wait_error(f"broken_{i}", "SyntaxError")
-    wait_for("status to show them", lambda: all(
-        status_rows(service).get(f"broken_{i}.py", {}).get("state") == "failed" for i in range(10)
-    ))  # fmt: skip
+    wait_for(
+        "status to show them",
+        lambda: all(
+            status_rows(service).get(f"broken_{i}.py", {}).get("state") == "failed"
+            for i in range(10)
+        ),
+    )
     row = status_rows(service)["broken_3.py"]
     assert not row["serving"]  # never loaded: no "last good serving"
     before = service.log_text().count("broken_3")

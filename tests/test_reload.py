@@ -33,9 +33,14 @@ def start(tmp_path: Path) -> Iterator:
         path = tmp_path / f"{name}-{len(started)}.py"
         path.write_text(asset_file(assets))
         server = servers.start(
-            location=name, python=Path(sys.executable), file=path, host="127.0.0.1",
-            env=dict(os.environ), workdir=tmp_path / "work", sidecars=tmp_path / "servers",
-        )  # fmt: skip
+            location=name,
+            python=Path(sys.executable),
+            file=path,
+            host="127.0.0.1",
+            env=dict(os.environ),
+            workdir=tmp_path / "work",
+            sidecars=tmp_path / "servers",
+        )
         started.append(server)
         assert server.wait_ready(timeout=120) is None
         return server
@@ -53,8 +58,9 @@ def instance(tmp_path: Path) -> Iterator[DagsterInstance]:
 
 
 def entry(server: servers.CodeServer) -> Entry:
-    return Entry(server.location, "127.0.0.1", server.port, False, f"{server.location}.py",
-                 server.server_id)  # fmt: skip
+    return Entry(
+        server.location, "127.0.0.1", server.port, False, f"{server.location}.py", server.server_id
+    )
 
 
 def assets(context: WorkspaceProcessContext, name: str) -> list[str]:

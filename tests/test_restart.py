@@ -58,8 +58,11 @@ def test_show_error_mode_polling_mode_and_another_server_address(
         assert "with rescans only" in service.log_text()
         workspace = (service.share / "dagster_home" / "workspace.yaml").read_text()
         assert "host: 127.0.0.2" in workspace and "127.0.0.1" not in workspace
-        listening = {c.laddr.ip for c in psutil.Process(service.server_pids("good")[-1])
-                     .net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}  # fmt: skip
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(service.server_pids("good")[-1]).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
         assert {ip.removeprefix("::ffff:") for ip in listening} == {"127.0.0.2"}
         pid = service.server_pids("good")[-1]
         drop(service.code_dir / "good.py", GOOD + "\ndef broken(:\n    pass\n")
@@ -83,8 +86,11 @@ def test_sigkill_of_the_runner_leaves_no_server_and_a_restart_reuses_envs(
 
         child(first, "runner", "serve").kill()  # SIGKILL: no cleanup code runs
 
-        wait_for("the code servers to die with the runner",
-                 lambda: not any(alive(pid) for pid in servers), timeout=30)  # fmt: skip
+        wait_for(
+            "the code servers to die with the runner",
+            lambda: not any(alive(pid) for pid in servers),
+            timeout=30,
+        )
         first.proc.wait(timeout=30)  # the entrypoint stops the other roles and exits
         assert first.proc.returncode == 1
         first.assert_nothing_left()
@@ -108,8 +114,11 @@ def test_sigkill_of_the_entrypoint_leaves_nothing(tmp_path: Path, state_dir: Pat
         service.descendants()
         service.proc.send_signal(signal.SIGKILL)
         service.proc.wait(timeout=10)
-        wait_for("every process to die with the entrypoint",
-                 lambda: service.leftovers() == [], timeout=30)  # fmt: skip
+        wait_for(
+            "every process to die with the entrypoint",
+            lambda: service.leftovers() == [],
+            timeout=30,
+        )
 
 
 def test_runs_in_flight_when_the_service_stops_are_recorded_as_canceled(

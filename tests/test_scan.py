@@ -55,8 +55,16 @@ def test_a_file_still_being_written_keeps_its_last_stable_version(tmp_path: Path
 
 
 def test_noise_and_helpers_are_not_locations(tmp_path: Path) -> None:
-    for name in [".hidden.py", "notes.txt", "a.py~", ".#a.py", "#a.py#", "__pycache__/c.py",
-                 ".git/x.py", "a.pyc"]:  # fmt: skip
+    for name in [
+        ".hidden.py",
+        "notes.txt",
+        "a.py~",
+        ".#a.py",
+        "#a.py#",
+        "__pycache__/c.py",
+        ".git/x.py",
+        "a.pyc",
+    ]:
         write(tmp_path / name, SCRIPT)
     write(tmp_path / "helpers.py", "def f():\n    return 1\n")
     write(tmp_path / "sub/job.py", SCRIPT)

@@ -84,9 +84,19 @@ def test_names_with_unsafe_characters_get_a_stable_suffix() -> None:
 
 def test_names_never_collide() -> None:
     paths = [
-        "a_b.py", "a b.py", "a.b.py", "a/b.py", "a-b.py", "a_b-123abc.py", "ä_b.py",
-        "a/b/c.py", "a.b/c.py", "a/b.c.py", "a_b/c.py", "A_b.py",
-    ]  # fmt: skip
+        "a_b.py",
+        "a b.py",
+        "a.b.py",
+        "a/b.py",
+        "a-b.py",
+        "a_b-123abc.py",
+        "ä_b.py",
+        "a/b/c.py",
+        "a.b/c.py",
+        "a/b.c.py",
+        "a_b/c.py",
+        "A_b.py",
+    ]
     names = [location_name(p) for p in paths]
     assert len(set(names)) == len(names), names
     assert all(

@@ -14,8 +14,11 @@ SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 
 def test_folder_files_apply_outer_first_then_the_files_own() -> None:
     assert candidates("team/sub/report.py") == [
-        ".env", "team/.env", "team/sub/.env", "team/sub/report.env",
-    ]  # fmt: skip
+        ".env",
+        "team/.env",
+        "team/sub/.env",
+        "team/sub/report.env",
+    ]
     assert candidates("top.py") == [".env", "top.env"]
 
 
@@ -69,11 +72,23 @@ def test_a_location_inherits_basics_the_instance_and_what_is_passed_only(tmp_pat
     home = tmp_path / "dagster.yaml"
     home.write_text("storage:\n  postgres:\n    postgres_url:\n      env: PG_URL\n")
     environ = {
-        "PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "https_proxy": "http://proxy:3128",
-        "DAGSTER_HOME": "/dh", "PG_URL": "postgresql://x", "AWS_SECRET_ACCESS_KEY": "s",
-        "TEAM_REGION": "eu", "RUNNER_STATE_DIR": "/state",
-    }  # fmt: skip
+        "PATH": "/bin",
+        "HOME": "/root",
+        "LC_ALL": "C",
+        "https_proxy": "http://proxy:3128",
+        "DAGSTER_HOME": "/dh",
+        "PG_URL": "postgresql://x",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "TEAM_REGION": "eu",
+        "RUNNER_STATE_DIR": "/state",
+    }
     passed = inherited(environ, also=[*instance_variables(home), "TEAM_*"])
     assert set(passed) == {
-        "PATH", "HOME", "LC_ALL", "https_proxy", "DAGSTER_HOME", "PG_URL", "TEAM_REGION",
-    }  # fmt: skip
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "https_proxy",
+        "DAGSTER_HOME",
+        "PG_URL",
+        "TEAM_REGION",
+    }

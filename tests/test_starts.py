@@ -33,8 +33,7 @@ def test_a_start_says_whether_it_waits_for_a_slot_or_for_its_template(tmp_path: 
             raise warm.NotReady
         return Server()
 
-    options = ServerOptions(state_dir=tmp_path, host="127.0.0.1", inherited={},
-                            warm_starts=False)  # fmt: skip
+    options = ServerOptions(state_dir=tmp_path, host="127.0.0.1", inherited={}, warm_starts=False)
     done: list[ServerDone] = []
     starts = Starts(options, start_server=start_server, done=done.append)
     gen = Generation(spec("a", "1"), ENV, prepared=0.0)

@@ -22,16 +22,22 @@ def status(share: Path) -> tuple[int, dict[str, Any]]:
     """What an operator's ``python -m runner status --json`` says, and its exit code."""
     out = subprocess.run(
         [sys.executable, "-m", "runner", "status", "--share", str(share), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return out.returncode, json.loads(out.stdout)
 
 
 def status_text(share: Path) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "runner", "status", "--share", str(share)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return out.stdout
 
 
@@ -88,13 +94,16 @@ def test_status_metrics_and_json_logs_follow_the_service(tmp_path: Path) -> None
         assert "process_resident_memory_bytes" in metrics
 
         # Every role's lines and the code servers' are JSON objects with the same keys.
-        lines = [json.loads(line) for line in service.log_text().splitlines()
-                 if line.startswith("{")]  # fmt: skip
+        lines = [
+            json.loads(line) for line in service.log_text().splitlines() if line.startswith("{")
+        ]
         assert all({"timestamp", "level", "event", "logger"} <= set(line) for line in lines)
-        assert any(line.get("role") == "runner" and "serving good on " in line["event"]
-                   for line in lines)  # fmt: skip
-        assert any(line["logger"] == "dagster.code_server" and "good.py" in line["event"]
-                   for line in lines)  # fmt: skip
+        assert any(
+            line.get("role") == "runner" and "serving good on " in line["event"] for line in lines
+        )
+        assert any(
+            line["logger"] == "dagster.code_server" and "good.py" in line["event"] for line in lines
+        )
         assert {"runner", "daemon", "entrypoint"} <= {line.get("role") for line in lines}
 
     code, data = status(share)
@@ -147,8 +156,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
 
     def gen(server: Up | None = None, *, ready: bool = False) -> Generation:
         spec = LocationSpec("a", "a.py", Path("/share/a.py"), "1", meta)
-        return Generation(spec=spec, env=env.spec_for(meta), prepared=0, server=server,
-                          ready=ready)  # fmt: skip
+        return Generation(spec=spec, env=env.spec_for(meta), prepared=0, server=server, ready=ready)
 
     def state(loc: Location, **options: Any) -> tuple[str, str | None]:
         options = {"waiting_to_start": None, "build_progress": None, **options}
@@ -156,25 +164,41 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
         return row.state, row.progress
 
     assert state(Location("a", next=gen()), build_progress="resolved 9 packages") == (
-        "building-env", "resolved 9 packages")  # fmt: skip
+        "building-env",
+        "resolved 9 packages",
+    )
     assert state(Location("a", next=gen()), waiting_to_start="waiting for a start slot") == (
-        "starting", "waiting for a start slot")  # fmt: skip
+        "starting",
+        "waiting for a start slot",
+    )
     assert state(Location("a", next=gen(Up()))) == ("starting", None)
     assert state(Location("a", next=gen(Up(), ready=True))) == ("waiting-for-stable", None)
     assert state(Location("a", current=gen(Up(), ready=True))) == ("serving", None)
     broken = Location("a", current=gen(Up(), ready=True), error=error_info("a.py: boom"))
-    row = describe(broken, file="a.py", waiting_to_start=None, build_progress=None,
-                   env_path=lambda key: Path("/envs") / key)  # fmt: skip
+    row = describe(
+        broken,
+        file="a.py",
+        waiting_to_start=None,
+        build_progress=None,
+        env_path=lambda key: Path("/envs") / key,
+    )
     assert (row.state, row.serving, row.pid, row.port) == ("failed", True, 42, 4000)
     assert "boom" in (row.error or "")
     assert state(Location("a", error=error_info("a.py: bad TOML"))) == ("failed", None)
     assert state(Location("a", error=error_info("a.py: index down"), retry_at=10.0)) == (
-        "retrying", None)  # fmt: skip
+        "retrying",
+        None,
+    )
 
     # A version that never loaded is not "last good serving".
     never = replace(gen(Up(), ready=True), load_error=error_info("SyntaxError"))
-    row = describe(Location("a", current=never), file="a.py", waiting_to_start=None,
-                   build_progress=None, env_path=lambda key: Path("/envs") / key)  # fmt: skip
+    row = describe(
+        Location("a", current=never),
+        file="a.py",
+        waiting_to_start=None,
+        build_progress=None,
+        env_path=lambda key: Path("/envs") / key,
+    )
     assert (row.state, row.serving, row.pid) == ("failed", False, 42)
     snap = read_back(row)
     assert "last good serving" not in render(snap, now=time.time())
@@ -191,10 +215,16 @@ def test_ignored_files_warnings_and_settings_are_rendered_without_values() -> No
 
     rows = [
         ignored_row("tools/", ".runnerignore line 2: tools/"),
-        FileStatus(file="a.py", location="a", state="serving", serving=True,
-                   warning=ignored_warning(("job nightly", "sensor s")),
-                   settings=("code_location/.env",), variables=("API_TOKEN",)),
-    ]  # fmt: skip
+        FileStatus(
+            file="a.py",
+            location="a",
+            state="serving",
+            serving=True,
+            warning=ignored_warning(("job nightly", "sensor s")),
+            settings=("code_location/.env",),
+            variables=("API_TOKEN",),
+        ),
+    ]
     text = render(Snapshot({"files": [_jsonable(r) for r in rows]}, True, None), now=time.time())
     assert "tools/: ignored (.runnerignore line 2: tools/)" in text
     assert "ignored job nightly, sensor s" in text

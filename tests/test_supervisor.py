@@ -98,10 +98,18 @@ class Harness:
         self.clock = Clock()
         self.servers: list[FakeServer] = []
         self.hold_answers = False  # new servers answer only when the test sets theirs
-        settings = Settings(code_dir=self.code, workspace_path=self.workspace,
-                            state_dir=root / "state", webserver_url=None)  # fmt: skip
-        self.sup = Supervisor(settings, clock=self.clock, store=FakeStore(root / "state" / "envs"),
-                              start_server=self._start)  # fmt: skip
+        settings = Settings(
+            code_dir=self.code,
+            workspace_path=self.workspace,
+            state_dir=root / "state",
+            webserver_url=None,
+        )
+        self.sup = Supervisor(
+            settings,
+            clock=self.clock,
+            store=FakeStore(root / "state" / "envs"),
+            start_server=self._start,
+        )
         self.thread = threading.Thread(target=self.sup.run, daemon=True)
 
     def _start(self, *, location: str, **_options: Any) -> FakeServer:
@@ -142,8 +150,10 @@ class Harness:
             data = yaml.safe_load(self.workspace.read_text()) or {}
         except FileNotFoundError:
             return {}
-        return {e["grpc_server"]["location_name"]: e["grpc_server"]["port"]
-                for e in data.get("load_from") or []}  # fmt: skip
+        return {
+            e["grpc_server"]["location_name"]: e["grpc_server"]["port"]
+            for e in data.get("load_from") or []
+        }
 
     def serving(self, name: str, server: FakeServer) -> bool:
         return self.ports().get(name) == server.port
@@ -200,8 +210,9 @@ def test_an_edit_is_served_by_a_new_server_and_a_deletion_removes_the_location(
     first = harness.tick_until("b.py served", lambda: harness.servers and harness.servers[0])
     wait_for("b.py in workspace.yaml", lambda: harness.serving("b", first), timeout=10)
     (harness.code / "b.py").write_text(asset_file(["x", "y"]))
-    edited = harness.tick_until("the edit's server", lambda: len(harness.servers) == 2
-                                and harness.servers[1])  # fmt: skip
+    edited = harness.tick_until(
+        "the edit's server", lambda: len(harness.servers) == 2 and harness.servers[1]
+    )
     wait_for("the edit served", lambda: harness.serving("b", edited), timeout=10)
     wait_for("the old server stopped once unpublished", lambda: first.exit_code == 0)
     (harness.code / "b.py").unlink()
@@ -216,8 +227,9 @@ def test_a_deletion_while_the_next_version_is_starting_stops_both(harness: Harne
     wait_for("c.py served", lambda: harness.serving("c", first), timeout=10)
     harness.hold_answers = True
     (harness.code / "c.py").write_text(asset_file(["x", "y"]))
-    starting = harness.tick_until("the edit's server", lambda: len(harness.servers) == 2
-                                  and harness.servers[1])  # fmt: skip
+    starting = harness.tick_until(
+        "the edit's server", lambda: len(harness.servers) == 2 and harness.servers[1]
+    )
     (harness.code / "c.py").unlink()
     harness.tick_until("the deletion", lambda: "c" not in harness.ports())
     wait_for("the starting server stopped", lambda: starting.exit_code == 0, timeout=10)
@@ -246,6 +258,8 @@ def test_a_static_workspace_name_appearing_rejects_the_files_location(harness: H
     assert harness.ports()["d"] == 4999  # the static entry keeps its name
     wait_for("the file's server stopped", lambda: first.exit_code == 0, timeout=10)
     static.unlink()  # the name is free again: the file is served once more
-    again = harness.tick_until("d.py served again", lambda: len(harness.servers) == 2
-                               and harness.serving("d", harness.servers[1]))  # fmt: skip
+    again = harness.tick_until(
+        "d.py served again",
+        lambda: len(harness.servers) == 2 and harness.serving("d", harness.servers[1]),
+    )
     assert again and "d~name-collision" not in harness.ports()

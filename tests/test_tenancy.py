@@ -35,7 +35,7 @@ def _root() -> None:
 
 
 #: Team a's file: what it tries, as its server imports it and as its run executes.
-HOSTILE = '''\
+HOSTILE = """\
 # /// script
 # dependencies = ["dagster"]
 # ///
@@ -106,9 +106,9 @@ def hostile() -> dg.MaterializeResult:
 
 
 defs = dg.Definitions(assets=[hostile])
-'''
+"""
 
-VICTIM = '''\
+VICTIM = """\
 # /// script
 # dependencies = ["dagster"]
 # ///
@@ -124,7 +124,7 @@ def precious() -> int:
 
 
 defs = dg.Definitions(assets=[precious])
-'''
+"""
 
 
 @pytest.fixture(scope="module", params=["warm", "cold"])
@@ -183,20 +183,24 @@ def test_one_teams_code_cannot_read_signal_or_rewrite_another_teams(tenants: Ser
 
     targets = {
         "secret_file": str(service.settings / "team_b" / ".env"),  # type: ignore[attr-defined]
-        "pid": b["pid"], "socket": entry["socket"],
+        "pid": b["pid"],
+        "socket": entry["socket"],
         "file": str(service.code_dir / "team_b" / "b.py"),
-    }  # fmt: skip
+    }
     drop(service.code_dir / "team_a" / "helpers_a.py", "HELPER = 'from its own folder'\n")
-    drop(service.code_dir / "team_a" / "a.py",
-         HOSTILE.format(targets=json.dumps(targets), runner_uid=os.getuid()))  # fmt: skip
+    drop(
+        service.code_dir / "team_a" / "a.py",
+        HOSTILE.format(targets=json.dumps(targets), runner_uid=os.getuid()),
+    )
     service.wait_loaded("team_a.a")
     a = status_rows(service)["team_a.a"]
     assert a["start"].startswith(mode), a
 
     seen = asset_description(service, "team_a.a")
     assert {k: v for k, v in seen["attacks"].items() if not v.startswith("refused")} == {}
-    assert all("Permission denied" in v or "Operation not permitted" in v
-               for v in seen["attacks"].values()), seen["attacks"]  # fmt: skip
+    assert all(
+        "Permission denied" in v or "Operation not permitted" in v for v in seen["attacks"].values()
+    ), seen["attacks"]
     own = seen["own"]
     assert own["uid"] == a["user"] != b["user"]
     assert own["uid"] not in (0, os.getuid()) and own["gid"] == own["uid"]
@@ -226,7 +230,9 @@ def test_one_teams_code_cannot_read_signal_or_rewrite_another_teams(tenants: Ser
 def test_a_deleted_location_gives_back_its_user_and_everything_it_ran(tenants: Service) -> None:
     service = tenants
     name = "team_c.lingering"
-    drop(service.code_dir / "team_c" / "lingering.py", '''\
+    drop(
+        service.code_dir / "team_c" / "lingering.py",
+        """\
 # /// script
 # dependencies = ["dagster"]
 # ///
@@ -245,7 +251,8 @@ def stays() -> int:
 
 
 defs = dg.Definitions(assets=[stays])
-''')
+""",
+    )
     service.wait_loaded(name)
     uid = status_rows(service)[name]["user"]
     ids = json.loads((service.share / "dagster_home" / ".runner-ids.json").read_text())
@@ -255,8 +262,15 @@ defs = dg.Definitions(assets=[stays])
     assert len(tenancy.processes_of(uid)) >= 2  # its server and the child that left
     (service.code_dir / "team_c" / "lingering.py").unlink()
     wait_for("its processes gone", lambda: tenancy.processes_of(uid) == [], timeout=60)
-    wait_for("its id released", lambda: name not in json.loads(
-        (service.share / "dagster_home" / ".runner-ids.json").read_text())["ids"])  # fmt: skip
+    wait_for(
+        "its id released",
+        lambda: (
+            name
+            not in json.loads((service.share / "dagster_home" / ".runner-ids.json").read_text())[
+                "ids"
+            ]
+        ),
+    )
     assert f"{name}: its user (uid {uid}) is released" in service.log_text()
 
 
@@ -264,7 +278,9 @@ def test_a_share_only_the_runner_can_read_is_served_from_a_copy(tenants: Service
     service = tenants
     folder = service.code_dir / "team_d"
     drop(folder / "helpers_d.py", "VALUE = 41\n")
-    drop(folder / "closed.py", '''\
+    drop(
+        folder / "closed.py",
+        """\
 # /// script
 # dependencies = ["dagster"]
 # ///
@@ -278,7 +294,8 @@ def answer() -> int:
 
 
 defs = dg.Definitions(assets=[answer])
-''')
+""",
+    )
     folder.chmod(0o700)  # the runner's only: team_d's user cannot read it
     service.wait_loaded("team_d.closed")
     run_id = service.materialize_all("team_d.closed")
@@ -294,8 +311,10 @@ def test_a_runner_that_cannot_switch_users_says_so_once(
     no_switch = ("setpriv", "--bounding-set=-setuid,-setgid", "--inh-caps=-setuid,-setgid", "--")
     log = share.parent / "no-switch.log"
     with running(share, state_dir, log, prefix=no_switch) as service:
-        drop(service.code_dir / "plain.py", VICTIM.replace(
-            'assert os.environ["TEAM_B_SECRET"] == "b-secret-123"\n', ""))  # fmt: skip
+        drop(
+            service.code_dir / "plain.py",
+            VICTIM.replace('assert os.environ["TEAM_B_SECRET"] == "b-secret-123"\n', ""),
+        )
         service.wait_loaded("plain")
         said = "every location runs as the runner's own user (the runner cannot switch users"
         assert service.log_text().count(said) == 1, service.log_text()

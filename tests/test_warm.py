@@ -62,11 +62,22 @@ def _probe(tmp_path: Path, name: str, launch: server.Launch | None) -> dict[str,
     code = tmp_path / "code"
     code.mkdir(exist_ok=True)
     (code / "probe.py").write_text(PROBE)
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-           "PROBE_OUT": str(out), "DAGSTER_HOME": str(tmp_path)}  # fmt: skip
-    srv = server.start(location="probe", python=Path(sys.executable), file=code / "probe.py",
-                       host="127.0.0.1", env=env, workdir=tmp_path / "work",
-                       sidecars=tmp_path / "servers", launch=launch)  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "PROBE_OUT": str(out),
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    srv = server.start(
+        location="probe",
+        python=Path(sys.executable),
+        file=code / "probe.py",
+        host="127.0.0.1",
+        env=env,
+        workdir=tmp_path / "work",
+        sidecars=tmp_path / "servers",
+        launch=launch,
+    )
     try:
         assert srv.wait_ready(timeout=120) is None
         seen = json.loads(out.read_text())
@@ -220,13 +231,22 @@ def title(proc: psutil.Process) -> str:
 def test_a_warm_started_location_serves_runs_and_reloads(service: Service) -> None:
     warm_up(service)
     drop(service.code_dir / "helper_names.py", "NAMES = ['first', 'second']\n")
-    drop(service.code_dir / "warm_a.py", asset_file(["alpha"]).replace(
-        "import dagster as dg\n",
-        "import dagster as dg\nfrom helper_names import NAMES\n",
-    ).replace("defs = dg.Definitions(assets=[alpha])", (
-        "def _make(name):\n    @dg.asset(name=name)\n    def _a() -> int:\n        return 1\n"
-        "    return _a\n\ndefs = dg.Definitions(assets=[alpha, *map(_make, NAMES)])"
-    )))  # fmt: skip
+    drop(
+        service.code_dir / "warm_a.py",
+        asset_file(["alpha"])
+        .replace(
+            "import dagster as dg\n",
+            "import dagster as dg\nfrom helper_names import NAMES\n",
+        )
+        .replace(
+            "defs = dg.Definitions(assets=[alpha])",
+            (
+                "def _make(name):\n    @dg.asset(name=name)\n"
+                "    def _a() -> int:\n        return 1\n"
+                "    return _a\n\ndefs = dg.Definitions(assets=[alpha, *map(_make, NAMES)])"
+            ),
+        ),
+    )
     service.wait_loaded("warm_a")
     pid = serving_pid(service, "warm_a")
     assert status_rows(service)["warm_a"]["start"] == "warm"
@@ -245,8 +265,7 @@ def test_a_warm_started_location_serves_runs_and_reloads(service: Service) -> No
     drop(service.code_dir / "helper_names.py", "NAMES = ['first']\n")
     text = (service.code_dir / "warm_a.py").read_text()
     drop(service.code_dir / "warm_a.py", text + "\n# edited\n")
-    wait_for("the removed asset gone",
-             lambda: service.asset_keys("warm_a") == ["alpha", "first"])  # fmt: skip
+    wait_for("the removed asset gone", lambda: service.asset_keys("warm_a") == ["alpha", "first"])
     new_pid = serving_pid(service, "warm_a", other_than=pid)
     assert template_of(new_pid).pid == template.pid  # the same template forked it
     wait_for("the old server stopped", lambda: not alive(pid))

@@ -54,11 +54,13 @@ def test_static_locations_are_named_as_dagster_names_them(tmp_path: Path) -> Non
     for bad, message in [
         ("load_from: [", "not valid YAML"),
         ("- a\n", "must be a mapping with a 'load_from' list"),
-        ("load_from:\n  - python_file: {relative_path: a.py, location_name: x}\n"
-         "  - python_module: {module_name: b, location_name: x}\n",
-         "multiple locations with the same name"),
+        (
+            "load_from:\n  - python_file: {relative_path: a.py, location_name: x}\n"
+            "  - python_module: {module_name: b, location_name: x}\n",
+            "multiple locations with the same name",
+        ),
         ("load_from:\n  - no_such_kind: 1\n", "not a valid workspace"),
-    ]:  # fmt: skip
+    ]:
         path.write_text(bad)
         with pytest.raises(ValueError, match=message):
             load_static(path)

@@ -35,17 +35,43 @@ _CLONE_NEWUSER = 0x10000000
 #: Per architecture: the audit id seccomp sees, and the numbers of the calls the filter
 #: looks at (``asm/unistd.h``).
 _SYSCALLS = {
-    "x86_64": (0xC000003E, {
-        "setuid": 105, "setgid": 106, "setreuid": 113, "setregid": 114, "setgroups": 116,
-        "setresuid": 117, "setresgid": 119, "setfsuid": 122, "setfsgid": 123, "clone": 56,
-        "unshare": 272, "setns": 308, "clone3": 435,
-    }),
-    "aarch64": (0xC00000B7, {
-        "setuid": 146, "setgid": 144, "setreuid": 145, "setregid": 143, "setgroups": 159,
-        "setresuid": 147, "setresgid": 149, "setfsuid": 151, "setfsgid": 152, "clone": 220,
-        "unshare": 97, "setns": 268, "clone3": 435,
-    }),
-}  # fmt: skip
+    "x86_64": (
+        0xC000003E,
+        {
+            "setuid": 105,
+            "setgid": 106,
+            "setreuid": 113,
+            "setregid": 114,
+            "setgroups": 116,
+            "setresuid": 117,
+            "setresgid": 119,
+            "setfsuid": 122,
+            "setfsgid": 123,
+            "clone": 56,
+            "unshare": 272,
+            "setns": 308,
+            "clone3": 435,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "setuid": 146,
+            "setgid": 144,
+            "setreuid": 145,
+            "setregid": 143,
+            "setgroups": 159,
+            "setresuid": 147,
+            "setresgid": 149,
+            "setfsuid": 151,
+            "setfsgid": 152,
+            "clone": 220,
+            "unshare": 97,
+            "setns": 268,
+            "clone3": 435,
+        },
+    ),
+}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

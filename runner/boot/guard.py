@@ -69,8 +69,10 @@ class Guard(importlib.abc.MetaPathFinder):
         ):
             return spec
         self.refused.append(name)
-        raise ImportError(f"{name} is not Dagster's nor required by it: a template does not "
-                          f"import it ({origin})", name=name)  # fmt: skip
+        raise ImportError(
+            f"{name} is not Dagster's nor required by it: a template does not import it ({origin})",
+            name=name,
+        )
 
 
 def install(site_dirs):

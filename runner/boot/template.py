@@ -246,8 +246,12 @@ def main():
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _reply(replies, ready=round(time.monotonic() - started, 3), merge=merge,
-           refused=sorted(set(import_guard.refused)))
+    _reply(
+        replies,
+        ready=round(time.monotonic() - started, 3),
+        merge=merge,
+        refused=sorted(set(import_guard.refused)),
+    )
     pending = b""
     while True:
         readable, _, _ = select.select([0, wake_r], [], [])
