@@ -19,10 +19,11 @@ import sys
 import threading
 import time
 
-from runner import instance, paths, process
-from runner.cli import isolation_of, setup_logging
-from runner.lease import LEASE_NAME, Lease
-from runner.workspace import ensure_exists, local_address, without_servers
+from runner.base import paths, process
+from runner.dagster_side import instance
+from runner.dagster_side.workspace import ensure_exists, local_address, without_servers
+from runner.service.cli import isolation_of, setup_logging
+from runner.service.lease import LEASE_NAME, Lease
 
 log = logging.getLogger("entrypoint")
 

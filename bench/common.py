@@ -16,10 +16,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dagster._grpc.client import DagsterGrpcClient  # noqa: E402
-
-from runner import process  # noqa: E402
-from runner.server import BOOT, free_port  # noqa: E402
+from runner.base import process  # noqa: E402
+from runner.dagster_side.internals import DagsterGrpcClient  # noqa: E402
+from runner.servers.server import BOOT, free_port  # noqa: E402
 from tests.service import asset_file as script  # noqa: E402, F401 - the benches' files
 
 

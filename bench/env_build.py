@@ -23,7 +23,8 @@ from pathlib import Path
 
 import common  # noqa: F401 - first: it puts the project on sys.path
 
-from runner import env, script
+from runner.envs import env
+from runner.share import script
 
 
 def timed(build: Callable[[], object]) -> float:

@@ -41,12 +41,13 @@ import psutil
 import yaml
 from common import MIB, PeakMemory, cpu_seconds, env_python, pss, tree
 from dagster import deserialize_value
-from dagster._grpc.client import DagsterGrpcClient
-from dagster._utils.error import SerializableErrorInfo
 
-from runner import env as envs
-from runner import instance, process, script
-from runner.server import free_port
+from runner.base import process
+from runner.dagster_side import instance
+from runner.dagster_side.internals import DagsterGrpcClient, SerializableErrorInfo
+from runner.envs import env as envs
+from runner.servers.server import free_port
+from runner.share import script
 from tests.service import ROOT, Service, WebClient, drop, wait_for
 
 #: Small real packages, one per dependency set beyond the first (distribution -> module).

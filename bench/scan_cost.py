@@ -21,8 +21,8 @@ from pathlib import Path
 
 from common import header, row, script
 
-from runner.location_env import SettingsFiles
-from runner.scan import SCAN_CPU_SHARE, Scanner
+from runner.share.location_env import SettingsFiles
+from runner.share.scan import SCAN_CPU_SHARE, Scanner
 
 
 def walk_and_stat(root: Path) -> int:

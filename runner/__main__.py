@@ -1,3 +1,3 @@
-from runner.cli import main
+from runner.service.cli import main
 
 main()

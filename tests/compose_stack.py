@@ -12,8 +12,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from runner.container_runs import LOCATION_LABEL
-from runner.server import free_port
+from runner.dagster_side.container_runs import LOCATION_LABEL
+from runner.servers.server import free_port
 from tests.docker_images import compose_command, docker
 from tests.service import ROOT, WebClient, wait_for
 

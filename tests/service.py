@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psutil
 import requests
 
-from runner.server import free_port
+from runner.servers.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

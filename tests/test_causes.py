@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import causes, pythons
+from runner.envs import causes, pythons
 
 
 def test_the_hosts_a_build_needs_come_from_metadata_environment_and_uv_output() -> None:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from runner import process
-from runner.cgroup import Cgroups, own_cgroup
+from runner.base import process
+from runner.servers.cgroup import Cgroups, own_cgroup
 from tests.needs import missing
 
 MOUNTS = "41 31 0:38 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n"

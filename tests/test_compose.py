@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runner.container_runs import LOCATION_LABEL
+from runner.dagster_side.container_runs import LOCATION_LABEL
 from tests.compose_stack import Stack
 from tests.docker_images import docker
 from tests.service import asset_file, drop, wait_for

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import container_runs, env, limits, paths, script
-from runner.container_runs import ContainerRuns, Volume
-from runner.identity import Identity
-from runner.limits import RunLimits
+from runner.base import paths
+from runner.dagster_side import container_runs
+from runner.dagster_side.container_runs import ContainerRuns, Volume
+from runner.envs import env
+from runner.isolation.identity import Identity
+from runner.share import limits, script
+from runner.share.limits import RunLimits
 
 MIB = 1024 * 1024
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -11,41 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import follow
-from runner.server import free_port
-from runner.workspace import Entry, render, write_if_changed
+from runner.base.files import write_if_changed
+from runner.dagster_side import follow
+from runner.dagster_side.workspace import Entry, render
+from runner.servers.server import free_port
 from tests.service import ROOT, wait_for
 
 pytestmark = pytest.mark.slow  # real servers and daemons
-
-
-def test_the_dagster_internals_we_use_are_there() -> None:
-    from dagster._daemon import controller
-
-    assert isinstance(controller.RELOAD_WORKSPACE_INTERVAL, int | float)
-    assert isinstance(controller.THREAD_CHECK_INTERVAL, int | float)
-    params = inspect.signature(controller.daemon_controller_from_instance).parameters
-    assert "workspace_load_target" in params
-    init = inspect.getsource(controller.DagsterDaemonController.__init__)
-    assert "self._workspace_process_context = workspace_process_context" in init
-    for method in ("check_daemon_threads", "check_daemon_heartbeats"):
-        assert callable(getattr(controller.DagsterDaemonController, method))
-    init = inspect.getsource(controller.DagsterDaemonController.__init__)
-    assert "self._workspace_process_context" in init  # what runner/daemon.py reloads
-    from dagster._core.workspace.context import WorkspaceProcessContext
-
-    # What runner/reload.py's refresh_changed uses of it, on the daemon's context.
-    for method in ("_load_location", "_start_watch_thread"):
-        assert callable(getattr(WorkspaceProcessContext, method))
-    context_init = inspect.getsource(WorkspaceProcessContext.__init__)
-    for attribute in (
-        "_current_workspace",
-        "_lock",
-        "_watch_threads",
-        "_watch_thread_shutdown_events",
-    ):
-        assert f"self.{attribute}" in context_init, attribute
-    assert "_origins" in inspect.getsource(WorkspaceProcessContext)
 
 
 def test_daemon_follows_workspace_changes_and_acknowledges_them(tmp_path: Path) -> None:

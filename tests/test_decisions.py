@@ -12,13 +12,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from runner import env as envs
-from runner import lifecycle
-from runner.errors import error_info
-from runner.lifecycle import Count, KeepCopy, Provide, Retire, Say, Start, Step
-from runner.plan import Abandon, Location, Prepare, Reject, Remove, plan
-from runner.scan import Desired, LocationSpec
-from runner.script import ScriptMetadata
+from runner.envs import env as envs
+from runner.lifecycle import transitions as lifecycle
+from runner.lifecycle.model import Abandon, Location, Prepare, Problem, Reject, Remove, plan
+from runner.lifecycle.transitions import Count, KeepCopy, Provide, Retire, Say, Start, Step
+from runner.share.scan import Desired, LocationSpec
+from runner.share.script import ScriptMetadata
 
 META = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
 ENV = envs.spec_for(META)
@@ -138,7 +137,7 @@ class History:
                 loc,
                 serial,
                 start_error=None,
-                load_error=error_info(load_error) if load_error else None,
+                load_error=Problem.says(load_error) if load_error else None,
                 ignored=(),
                 serves_well=serves_well,
                 keep_last_good=self.keep,

@@ -7,10 +7,10 @@ import socket
 import time
 from pathlib import Path
 
-from runner import follow
 from runner.boot import missing
-from runner.publish import Publisher
-from runner.workspace import Entry
+from runner.dagster_side import follow
+from runner.dagster_side.publish import Publisher
+from runner.dagster_side.workspace import Entry
 from tests.service import wait_for
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import fence, identity, trust
-from runner.identity import Identities, Identity, IdRange, allocate, decide
-from runner.tenancy import blocked
+from runner.isolation import fence, identity, trust
+from runner.isolation.identity import Identities, Identity, IdRange, allocate, decide
+from runner.isolation.tenancy import blocked
 
 IDS = IdRange(100, 105)
 ALL_CAPS = int("1fffeffffff", 16)
@@ -171,7 +171,10 @@ def test_the_webserver_metrics_and_tcp_servers_are_closed_to_the_locations_ids()
     assert "--dst-type" in fence.rule(wanted[2], (1, 2), "t")
 
 
-def test_a_fence_that_cannot_be_put_up_says_what_stays_open() -> None:
+def test_a_fence_that_cannot_be_put_up_says_what_stays_open(monkeypatch) -> None:
+    # As on a host with iptables installed, whether or not this one has it.
+    monkeypatch.setattr(fence.shutil, "which", lambda name: f"/usr/sbin/{name}")
+
     def refuse(args: list[str], **_: object) -> subprocess.CompletedProcess:
         denied = "iptables: Permission denied (you must be root)"
         return subprocess.CompletedProcess(args, 4, "", denied)

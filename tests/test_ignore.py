@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.scan import Scanner
+from runner.share.scan import Scanner
 
 SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 

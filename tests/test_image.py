@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from runner.server import free_port
+from runner.servers.server import free_port
 from tests.docker_images import docker
 from tests.service import asset_file, drop, wait_for
 

@@ -21,8 +21,11 @@ from dagster._core.remote_representation.code_location import GrpcServerCodeLoca
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import K8sRunLauncher
 
-from runner import container_runs, process, script, server
-from runner.container_runs import ContainerRuns, Volume
+from runner.base import process
+from runner.dagster_side import container_runs
+from runner.dagster_side.container_runs import ContainerRuns, Volume
+from runner.servers import server
+from runner.share import script
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import json
 import threading
 from pathlib import Path
 
-from runner import lease as leases
-from runner.lease import Lease
+from runner.service import lease as leases
+from runner.service.lease import Lease
 
 
 def test_a_free_share_is_taken_and_released(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.env import EnvStore, spec_for
-from runner.script import parse_metadata
+from runner.envs.env import EnvStore, spec_for
+from runner.share.script import parse_metadata
 from tests.needs import missing
 from tests.service import asset_file, drop, running
 

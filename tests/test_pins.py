@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import env, script
-from runner.scan import LocationSpec, Scanner
+from runner.envs import env
+from runner.share import script
+from runner.share.scan import LocationSpec, Scanner
 
 FILE = '# /// script\n# dependencies = ["dagster", "Six>=1"]\n# ///\nimport dagster\n'
 LOCK = """version = 1
@@ -71,7 +72,7 @@ def test_adding_editing_and_removing_a_lock_changes_the_files_version(tmp_path: 
 
 
 def test_status_says_how_a_file_is_pinned_and_its_versions() -> None:
-    from runner import status
+    from runner.service import status
 
     row = status.FileStatus(
         file="pipe.py",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from runner import env
-from runner.plan import Abandon, Generation, Location, Prepare, Reject, Remove, plan
-from runner.scan import LocationSpec, SpecError
-from runner.script import ScriptMetadata
+from runner.envs import env
+from runner.lifecycle.model import Abandon, Generation, Location, Prepare, Reject, Remove, plan
+from runner.share.scan import LocationSpec, SpecError
+from runner.share.script import ScriptMetadata
 
 META = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
 

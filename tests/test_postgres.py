@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 import uv
 
-from runner import paths
+from runner.base import paths
 from tests.needs import missing
 from tests.service import asset_file, drop, running, wait_for
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import uv
 
-from runner import pythons
+from runner.envs import pythons
 from tests.needs import missing
 from tests.service import Service, drop, wait_for
 

@@ -16,9 +16,10 @@ from dagster import DagsterInstance
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from runner import reload
-from runner import server as servers
-from runner.workspace import Entry, render, write_if_changed
+from runner.base.files import write_if_changed
+from runner.dagster_side import reload
+from runner.dagster_side.workspace import Entry, render
+from runner.servers import server as servers
 from tests.service import asset_file
 
 pytestmark = pytest.mark.slow  # real servers and daemons

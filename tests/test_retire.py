@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from runner.retire import OVERDUE_AFTER, Retirements, Stopped
+from runner.servers.retire import OVERDUE_AFTER, Retirements, Stopped
 
 
 class FakeServer:

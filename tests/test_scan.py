@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner.scan import SETTLE, LocationSpec, Scanner, SpecError
+from runner.share.scan import SETTLE, LocationSpec, Scanner, SpecError
 
 SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 
@@ -89,7 +89,7 @@ def test_deleted_files_leave_the_desired_set(tmp_path: Path) -> None:
 
 
 def test_network_file_systems_are_polled() -> None:
-    from runner.watch import choose_mode, fs_type
+    from runner.share.watch import choose_mode, fs_type
 
     mounts = (
         "/dev/vda / ext4 rw 0 0\n"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner import script
-from runner.script import MetadataError, location_name, parse_metadata, render_block
+from runner.share import script
+from runner.share.script import MetadataError, location_name, parse_metadata, render_block
 
 GOOD = """\
 #!/usr/bin/env python

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runner.script import location_name
+from runner.share.script import location_name
 from tests.service import ROOT, Service, alive, drop, wait_for
 
 pytestmark = pytest.mark.slow

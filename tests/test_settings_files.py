@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from runner.location_env import SettingsFiles, candidates, inherited, instance_variables, parse
-from runner.scan import LocationSpec, Scanner, SpecError
+from runner.share.location_env import (
+    SettingsFiles,
+    candidates,
+    inherited,
+    instance_variables,
+    parse,
+)
+from runner.share.scan import LocationSpec, Scanner, SpecError
 
 SCRIPT = "# /// script\n# dependencies = ['dagster']\n# ///\nimport dagster\n"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner import env as envs
-from runner import warm
-from runner.plan import Generation
-from runner.starts import ServerDone, ServerOptions, Starts
+from runner.envs import env as envs
+from runner.lifecycle.model import Generation
+from runner.servers import warm
+from runner.servers.starts import ServerDone, ServerOptions, Starts
 from tests.service import wait_for
 from tests.test_decisions import ENV, FakeServer, spec
 

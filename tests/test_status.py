@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from runner.server import free_port
-from runner.status import Board, FileStatus, describe, read, render
+from runner.servers.server import free_port
+from runner.service.status import Board, FileStatus, describe, read, render
 from tests.service import ROOT, asset_file, drop, running, wait_for
 
 
@@ -139,11 +139,10 @@ def test_a_runner_that_stopped_writing_is_reported_not_running(tmp_path: Path) -
 
 
 def test_each_state_follows_from_what_the_runner_holds() -> None:
-    from runner import env
-    from runner.errors import error_info
-    from runner.plan import Generation, Location
-    from runner.scan import LocationSpec
-    from runner.script import ScriptMetadata
+    from runner.envs import env
+    from runner.lifecycle.model import Generation, Location, Problem
+    from runner.share.scan import LocationSpec
+    from runner.share.script import ScriptMetadata
 
     meta = ScriptMetadata(dependencies=("dagster",), requires_python=None, tool={})
 
@@ -174,7 +173,7 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
     assert state(Location("a", next=gen(Up()))) == ("starting", None)
     assert state(Location("a", next=gen(Up(), ready=True))) == ("waiting-for-stable", None)
     assert state(Location("a", current=gen(Up(), ready=True))) == ("serving", None)
-    broken = Location("a", current=gen(Up(), ready=True), error=error_info("a.py: boom"))
+    broken = Location("a", current=gen(Up(), ready=True), error=Problem.says("a.py: boom"))
     row = describe(
         broken,
         file="a.py",
@@ -184,14 +183,14 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
     )
     assert (row.state, row.serving, row.pid, row.port) == ("failed", True, 42, 4000)
     assert "boom" in (row.error or "")
-    assert state(Location("a", error=error_info("a.py: bad TOML"))) == ("failed", None)
-    assert state(Location("a", error=error_info("a.py: index down"), retry_at=10.0)) == (
+    assert state(Location("a", error=Problem.says("a.py: bad TOML"))) == ("failed", None)
+    assert state(Location("a", error=Problem.says("a.py: index down"), retry_at=10.0)) == (
         "retrying",
         None,
     )
 
     # A version that never loaded is not "last good serving".
-    never = replace(gen(Up(), ready=True), load_error=error_info("SyntaxError"))
+    never = replace(gen(Up(), ready=True), load_error=Problem.says("SyntaxError"))
     row = describe(
         Location("a", current=never),
         file="a.py",
@@ -205,13 +204,14 @@ def test_each_state_follows_from_what_the_runner_holds() -> None:
 
 
 def read_back(row: FileStatus) -> Any:
-    from runner.status import Snapshot, _jsonable
+    from runner.service.status import Snapshot, _jsonable
 
     return Snapshot({"pid": 1, "host": "h", "files": [_jsonable(row)]}, True, None)
 
 
 def test_ignored_files_warnings_and_settings_are_rendered_without_values() -> None:
-    from runner.status import Snapshot, _jsonable, ignored_row, ignored_warning
+    from runner.lifecycle.model import ignored_warning
+    from runner.service.status import Snapshot, _jsonable, ignored_row
 
     rows = [
         ignored_row("tools/", ".runnerignore line 2: tools/"),

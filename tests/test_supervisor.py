@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from runner import env as envs
-from runner.config import Settings
-from runner.supervisor import Supervisor
+from runner.envs import env as envs
+from runner.service.config import Settings
+from runner.service.supervisor import Supervisor
 from tests.service import asset_file, wait_for
 
 _ports = itertools.count(41000)

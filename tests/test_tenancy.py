@@ -257,7 +257,7 @@ defs = dg.Definitions(assets=[stays])
     uid = status_rows(service)[name]["user"]
     ids = json.loads((service.share / "dagster_home" / ".runner-ids.json").read_text())
     assert ids["ids"][name] == uid
-    from runner import tenancy
+    from runner.isolation import tenancy
 
     assert len(tenancy.processes_of(uid)) >= 2  # its server and the child that left
     (service.code_dir / "team_c" / "lingering.py").unlink()
@@ -334,8 +334,9 @@ def test_a_packages_build_script_runs_as_the_builds_user_never_the_runner(
 ) -> None:
     """An sdist (here a folder) builds with the team's own code: it runs as the builds' user,
     and what it built is the runner's, which no build and no location may change."""
-    from runner import env, script
-    from runner.identity import IdRange
+    from runner.envs import env
+    from runner.isolation.identity import IdRange
+    from runner.share import script
 
     builder = IdRange.parse("20000-29999").builds
     probe = tmp_path / "probe"

@@ -15,7 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from runner import process, server, warm
+from runner.base import process
+from runner.servers import server, warm
 from tests.service import Service, alive, asset_file, drop, wait_for, warm_up
 
 #: A file that writes, as it is imported, what its process looks like to it.

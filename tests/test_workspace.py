@@ -4,7 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.workspace import Entry, render, write_if_changed
+from runner.base.files import write_if_changed
+from runner.dagster_side.workspace import Entry, render
 
 
 def test_render_is_sorted_grpc_server_entries() -> None:
@@ -32,7 +33,7 @@ def test_write_only_when_the_content_changes(tmp_path: Path) -> None:
 def test_static_locations_are_named_as_dagster_names_them(tmp_path: Path) -> None:
     import pytest
 
-    from runner.workspace import load_static
+    from runner.dagster_side.workspace import load_static
 
     path = tmp_path / "workspace.static.yaml"
     assert load_static(path).names == frozenset()  # absent: nothing
@@ -67,7 +68,8 @@ def test_static_locations_are_named_as_dagster_names_them(tmp_path: Path) -> Non
 
 
 def test_a_start_with_no_runner_serving_keeps_only_the_static_entries(tmp_path: Path) -> None:
-    from runner.workspace import STATIC_NAME, load_static, without_servers
+    from runner.base.paths import STATIC_NAME
+    from runner.dagster_side.workspace import load_static, without_servers
 
     path, static = tmp_path / "workspace.yaml", tmp_path / STATIC_NAME
     static.write_text("load_from:\n  - grpc_server: {host: other, port: 4000, location_name: r}\n")

@@ -13,7 +13,8 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   the file named by ``RUNNER_LOAD_REPORT``, for the runner to show on the location.
 * With ``--use-python-environment-entry-point``, runs are started with the command in
   ``RUNNER_RUN_ENTRY_POINT`` (JSON), if set: the file's interpreter running ``run.py``
-  (runs in containers; see ``runner/container_runs.py``), instead of ``python -m dagster``.
+  (runs in containers; see ``runner/dagster_side/container_runs.py``), instead of
+  ``python -m dagster``.
 
 * ``codeserver.py --dagster ARGS`` is ``python -m dagster ARGS`` with the hook below: how
   ``run.py`` starts a run's worker in its container.
@@ -24,7 +25,7 @@ file's environment), and behaves exactly like ``python -m dagster api grpc`` oth
   runs too: their processes import this file again as ``__mp_main__`` (multiprocessing).
 
 * With ``RUNNER_PROVENANCE`` (JSON), every run it executes is tagged with what ran it, as
-  the run starts (see ``runner/provenance.py``); in the server's runs too.
+  the run starts (see ``runner/dagster_side/provenance.py``); in the server's runs too.
 
 * A file that imports a package its environment lacks is told, before Dagster's own text,
   to add it to its ``dependencies`` (see ``missing.py``).

@@ -1,0 +1,3 @@
+"""What the runner holds (the model, plain data with no Dagster in it) and what happens to a
+location next (pure decisions).
+"""

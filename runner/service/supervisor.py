@@ -1,0 +1,468 @@
+"""The reconcile loop: desired (the share) against actual (our servers), carried out.
+
+One thread decides. File events, finished builds, ready servers and a periodic tick only wake
+it; every pass recomputes from the whole state, so a lost event cannot leave anything stuck.
+Slow work (uv builds, waiting for a server to answer, stopping one) runs in worker threads
+and comes back as a message; processes are spawned only from this thread (their
+parent-death signal is tied to the spawning thread).
+
+What to do is decided elsewhere, by pure functions: :func:`plan.plan` (which version of each
+file to prepare) and :mod:`lifecycle` (what a build, a server's answer or exit, a retry means
+for a location). Each returns a step, and :meth:`Supervisor._carry` is the one place a
+location changes and effects happen: servers retired, environments built, servers queued,
+lines logged, failures counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from runner.base import metrics
+from runner.base.paths import STATIC_NAME
+from runner.dagster_side import entries
+from runner.dagster_side.errors import ErrorServers, Sockets
+from runner.dagster_side.publish import Publisher
+from runner.dagster_side.workspace import Entry, Static, StaticSource
+from runner.envs import env as envs
+from runner.envs.builds import Builds, EnvDone
+from runner.isolation.identity import IDS_NAME, Identities
+from runner.lifecycle import transitions as lifecycle
+from runner.lifecycle.model import Abandon, Action, Location, Reject, Remove, Served, plan
+from runner.lifecycle.transitions import Count, Effect, KeepCopy, Provide, Retire, Say, Start, Step
+from runner.servers import last_good
+from runner.servers import server as servers
+from runner.servers.retire import Retirements, Stopped
+from runner.servers.starts import ServerDone, Starts
+from runner.service import shutdown, status
+from runner.service.config import Settings
+from runner.service.lease import Lease
+from runner.service.status import STATES, STATUS_NAME, Board, FileStatus
+from runner.share.scan import Desired, RescanPace, Scanner
+
+log = logging.getLogger(__name__)
+
+#: Environments built at once (each uv build uses the network and a core).
+PARALLEL_BUILDS = 2
+#: Cold starts at once; warm ones share these slots (see :func:`lifecycle.start_budget`).
+PARALLEL_STARTS = max(2, os.cpu_count() or 2)
+#: Seconds each server has to stop when the runner stops.
+SHUTDOWN_GRACE = 8.0
+
+
+@dataclass(frozen=True)
+class _Wake:
+    rescan: bool = False  # files may have changed: rescan the share now
+    written: str | None = None  # a local writer finished this file
+
+
+Message = _Wake | EnvDone | ServerDone | Stopped
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        store: envs.EnvStore | None = None,
+        lease: Lease | None = None,
+        start_server: Callable[..., servers.CodeServer] = servers.start,
+    ) -> None:
+        self.settings = settings
+        self.lease = lease  # held while it runs: one runner per share (see ``lease``)
+        self.clock = clock  # for every decision about time
+        self.wall = wall  # for times people read (status)
+        # Where locations run as users of their own, so do builds (an sdist runs its code).
+        isolation = settings.isolation if settings.isolated else None
+        builder = isolation.ids.builds if isolation else None
+        self.store = store or envs.EnvStore(settings.state_dir / "envs", builder=builder)
+        self.scanner = Scanner(
+            settings.code_dir, stable_for=settings.stable_for, settings=settings.settings_files()
+        )
+        self.pace = RescanPace(settings.rescan_every)
+        self.static = StaticSource(settings.workspace_path.parent / STATIC_NAME)
+        self.locations: dict[str, Location] = {}
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.publisher = Publisher(
+            settings.workspace_path,
+            webserver_url=settings.webserver_url,
+            on_published=lambda version: self.wake(),
+        )
+        self.builds = Builds(self.store, workers=PARALLEL_BUILDS, done=self.inbox.put, clock=clock)
+        identities = (
+            Identities(settings.workspace_path.parent / IDS_NAME, settings.isolation.ids)
+            if settings.isolated and settings.isolation
+            else None
+        )
+        self.starts = Starts(
+            settings.server_options(),
+            start_server=start_server,
+            done=self.inbox.put,
+            wake=self.wake,
+            identities=identities,
+            lock_path=self.store.lock_path,
+            resolution=self.store.resolution,
+        )
+        self.retirements = Retirements(
+            grace=settings.retire_grace, done=self.inbox.put, clock=clock
+        )
+        self.errors = ErrorServers(
+            host=settings.host,
+            on_reload=self.wake,
+            retire=lambda server: self.retirements.add(server, None),
+            sockets=Sockets(settings.state_dir / "servers", settings.service[1])
+            if settings.use_sockets
+            else None,
+        )
+        isolation = settings.isolation.describe() if settings.isolation else ""
+        self.board = Board(
+            settings.workspace_path.parent / STATUS_NAME,
+            share=settings.code_dir.parent,
+            isolation=isolation,
+        )
+        self._pending: list[str] = []  # relpaths waiting to become stable
+        self._used_envs: set[str] = set()  # env keys this runner has served from
+        self._published: tuple[list[Entry], Static] | None = None
+        self._desired: Mapping[str, Desired] = {}
+        self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
+        self._rescan = True
+        self._static_names: frozenset[str] = frozenset()
+        self._stopping = threading.Event()
+        self._lease_lost = False
+        self._woken = True
+
+    # -- public -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the loop look at everything it holds now (thread-safe)."""
+        self.inbox.put(_Wake())
+
+    def changed(self) -> None:
+        """Something under the code folder changed: rescan it now (thread-safe)."""
+        self.inbox.put(_Wake(rescan=True))
+
+    def written(self, path: str) -> None:
+        """A file was closed after writing, or renamed into place (thread-safe)."""
+        self.inbox.put(_Wake(rescan=True, written=path))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def stop_requested(self) -> threading.Event:
+        """Set by :meth:`stop` (also before :meth:`run`, e.g. while waiting for the lease)."""
+        return self._stopping
+
+    def run(self) -> None:
+        """Reconcile until :meth:`stop`; then stop every server we started."""
+        self.settings.code_dir.mkdir(parents=True, exist_ok=True)
+        self.starts.begin()
+        self.publisher.start()
+        log.info("full rescan every %.0fs", self.settings.rescan_every)
+        try:
+            next_scan, due = 0.0, None
+            while not self._stopping.is_set():
+                now = self.clock()
+                if now >= next_scan or (due is not None and now >= due) or self._rescan:
+                    due = self._scan(now)
+                    next_scan = now + self.pace.period
+                retry = lifecycle.next_retry(list(self.locations.values()))
+                if self._woken or (retry is not None and now >= retry):
+                    self._woken = False
+                    self._look_at_static()
+                    for action in plan(
+                        self._desired, self.locations, now, self._early, self._static_names
+                    ):
+                        self._apply(action, now)
+                    for loc in list(self.locations.values()):
+                        self._carry(lifecycle.promote(loc, stable=self._stable(loc), now=now))
+                self._start_queued()
+                self._reap()
+                self.errors.sync({name: loc.error for name, loc in self.locations.items()})
+                self._publish()
+                self.retirements.stop_due(self.publisher.published)
+                self._report()
+                later = now + 1.0 if self.starts else None  # a start slot may free up
+                retry = lifecycle.next_retry(list(self.locations.values()))  # a Reload's
+                wake_at = min(t for t in (next_scan, due, retry, later) if t is not None)
+                self._drain(timeout=max(0.0, wake_at - self.clock()))
+        finally:
+            self._shutdown()
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            msg = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(msg)
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, msg: Message) -> None:
+        self._woken = True
+        keep, now = self.settings.keep_last_good, self.clock()
+        if isinstance(msg, _Wake):
+            self._rescan = self._rescan or msg.rescan
+            if msg.written is not None:
+                self.scanner.mark_written(msg.written)
+        elif isinstance(msg, EnvDone):
+            self.builds.finished(msg)
+            for loc in list(self.locations.values()):
+                self._carry(
+                    lifecycle.env_done(
+                        loc, msg.key, msg.env, msg.error, keep_last_good=keep, now=now
+                    )
+                )
+        elif isinstance(msg, ServerDone):
+            if msg.error is None:
+                metrics.SERVER_START_SECONDS.observe(msg.seconds)
+            if (loc := self.locations.get(msg.name)) is not None:
+                self._carry(
+                    lifecycle.answered(
+                        loc,
+                        msg.serial,
+                        start_error=msg.error,
+                        load_error=msg.load_error,
+                        ignored=msg.ignored,
+                        serves_well=_serves_well(loc),
+                        keep_last_good=keep,
+                        stable=self._stable(loc),
+                        now=now,
+                    )
+                )
+        elif isinstance(msg, Stopped):
+            self.retirements.stopped(msg)
+            if msg.item.env_key is not None:
+                self._collect_envs()
+            busy = {item.gen.spec.name for item in self.retirements.items() if item.gen}
+            self.starts.release(busy | set(self.locations))
+
+    def _scan(self, now: float) -> float | None:
+        """Rescan the share; return when a file waiting to become stable is due."""
+        cpu = time.thread_time()
+        scan = self.scanner.scan(now)
+        self.pace.measured(time.thread_time() - cpu)
+        self._desired, self._early, self._pending = scan.desired, scan.early, scan.pending
+        self._rescan, self._woken = False, True
+        return scan.next_due
+
+    def _stable(self, loc: Location) -> str | None:
+        """The digest ``loc``'s file is stable at now, if it is."""
+        desired = self._desired.get(loc.name)
+        return desired.digest if desired is not None else None
+
+    def _look_at_static(self) -> None:
+        """Names the static workspace uses; when they change, failures are looked at anew."""
+        names = self.static.poll().names
+        if names != self._static_names:
+            for loc in list(self.locations.values()):
+                self._carry(lifecycle.look_again(loc))
+            self._static_names = names
+
+    # -- carrying out -------------------------------------------------------------------
+
+    def _apply(self, action: Action, now: float) -> None:
+        keep = self.settings.keep_last_good
+        if isinstance(action, Remove):
+            step = lifecycle.remove(self.locations[action.name])
+        elif isinstance(action, Abandon):
+            step = lifecycle.abandon(self.locations[action.name])
+        elif isinstance(action, Reject):
+            loc, error = self.locations.get(action.error.name), action.error
+            step = lifecycle.reject(
+                loc, error, collision=action.collision, keep_last_good=keep, now=now
+            )
+        else:
+            env = envs.spec_for(
+                action.spec.metadata, self.settings.extra_requirements, lock=action.spec.lock
+            )
+            step = lifecycle.prepare(
+                self.locations.get(action.spec.name),
+                action.spec,
+                env,
+                last_good=action.last_good,
+                now=now,
+            )
+        self._carry(step)
+
+    def _carry(self, step: Step) -> None:
+        """The one place a location changes: keep its next value, then carry out the effects."""
+        if step.loc is None:
+            self.locations.pop(step.name, None)
+        else:
+            self.locations[step.name] = step.loc
+        for effect in step.effects:
+            self._do(effect)
+
+    def _do(self, effect: Effect) -> None:
+        match effect:
+            case Retire(gen, immediately) if gen.server is not None:
+                self.retirements.add(gen.server, gen, immediately=immediately)
+            case Provide(gen, refresh):
+                if (built := self.builds.provide(gen.env, gen.spec.name, refresh)) is not None:
+                    self.starts.queue(gen, built)
+            case Start(gen, env):
+                self.starts.queue(gen, env)
+            case KeepCopy(gen):
+                last_good.keep(self.settings.state_dir, gen)
+            case Say(level, text):
+                log.log(level, "%s", text)
+            case Count("restart"):
+                metrics.RESTARTS.inc()
+            case Count(stage):
+                metrics.FAILURES.labels(stage=stage).inc()
+
+    def _start_queued(self) -> None:
+        """Start servers whose environment is ready, a few at a time."""
+        now = self.clock()
+        starting = [
+            at for loc in self.locations.values() if (at := lifecycle.starting(loc)) is not None
+        ]
+        budget = lifecycle.start_budget(starting, now=now, slots=PARALLEL_STARTS)
+        least = lifecycle.start_cost(warm=self.starts.templates is not None)
+        for _ in range(len(self.starts)):  # each at most once: one that waits goes back in line
+            if budget < least:
+                break
+            taken = self.starts.take(1, wanted=lambda gen: lifecycle.is_next(self.locations, gen))
+            if not taken:
+                break
+            gen, env = taken[0]
+            loc = self.locations[gen.spec.name]
+            try:
+                server = self.starts.spawn(gen, env)
+                if server is None:  # its template is starting; the start stays queued
+                    continue
+            except OSError as exc:
+                self._carry(
+                    lifecycle.failed(
+                        loc,
+                        gen,
+                        f"could not start the code server: {exc}",
+                        keep_last_good=self.settings.keep_last_good,
+                        now=now,
+                    )
+                )
+                continue
+            budget -= lifecycle.start_cost(server.start == "warm")
+            self._used_envs.add(env.key)
+            self._carry(lifecycle.spawned(loc, gen, server, now=now))
+
+    def _reap(self) -> None:
+        """Servers that died on their own, and the UI's Reload on a location."""
+        now = self.clock()
+        for name, loc in list(self.locations.items()):
+            shown = [loc.current.server if loc.current else None, self.errors.get(name)]
+            asked = [server.reload_requested() for server in shown if server is not None]
+            if any(asked) and (want := self._desired.get(name)) is not None:
+                self._carry(lifecycle.retry_asked(loc, want.digest, now=now))
+                loc = self.locations[name]
+            if lifecycle.watched(loc) and loc.current and not loc.current.alive():
+                how = loc.current.server.exit_reason() if loc.current.server else ""
+                self._carry(lifecycle.exited(loc, how=how, now=now))
+
+    # -- what the UI and operators see --------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        return entries.entries(
+            self.locations.values(),
+            host=self.settings.advertise_host or self.settings.host,
+            static_names=self._static_names,
+            file_of=self._file_of,
+            resolution=self.store.resolution,
+            error_server=self.errors.get,
+        )
+
+    def _file_of(self, loc: Location) -> str:
+        gen, desired = loc.next or loc.current, self._desired.get(loc.name)
+        return gen.spec.relpath if gen else desired.relpath if desired else ""
+
+    def _publish(self) -> None:
+        entries, static = self.entries(), self.static.current
+        if (entries, static) == self._published:
+            return
+        self._published = (entries, static)
+        self.retirements.submitted(self.publisher.submit(entries, static))
+
+    def _report(self) -> None:
+        """Status file and metrics; a line in the log for builds that take a while."""
+        if self.lease is not None and not self.lease.renew():
+            self._lease_lost = True  # another runner serves the share now: leave its files
+            self.stop()
+            return
+        rows = self._rows()
+        self.board.update(rows)
+        metrics.count_states((row.state for row in rows), STATES)
+        self.builds.say_slow(
+            lambda key: [
+                loc.name for loc in self.locations.values() if loc.next and loc.next.env.key == key
+            ]
+        )
+
+    def _rows(self) -> list[FileStatus]:
+        offset = self.wall() - self.clock()  # the runner's clock to the wall's, for people
+        return status.rows(
+            self.locations.values(),
+            file_of=self._file_of,
+            env_path=self.store.path,
+            resolution=self.store.resolution,
+            waiting_to_start=lambda loc: self.starts.waiting(loc.next) if loc.next else None,
+            build_progress=self.builds.progress,
+            retiring=[item.gen for item in self.retirements.items() if item.gen is not None],
+            ignored=self.scanner.ignored,
+            pending=self._pending,
+            wall=lambda t: t + offset,
+        )
+
+    # -- cleanup -------------------------------------------------------------------------
+
+    def _collect_envs(self) -> None:
+        """Delete environments this runner used and nothing uses any more."""
+        in_use = {
+            gen.env.key
+            for loc in self.locations.values()
+            for gen in (loc.current, loc.next)
+            if gen is not None
+        }
+        in_use |= self.retirements.env_keys() | self.builds.keys()
+        for key in self._used_envs - in_use:
+            log.info("removing env %s (no location uses it any more)", key[:12])
+            self.starts.retire(envs.Env(key, self.store.path(key)).python)
+            self.store.remove(key)
+            self._used_envs.discard(key)
+
+    def _shutdown(self) -> None:
+        last_known = self._rows()
+        self.publisher.stop()
+        # Some retired servers may be waiting out RUNNER_RETIRE_GRACE for their runs.
+        live: list[Served] = [item.server for item in self.retirements.items()]
+        for loc in self.locations.values():
+            live += [g.server for g in (loc.current, loc.next) if g is not None and g.server]
+        live += self.errors.all()
+        shutdown.stop_all(live, grace=SHUTDOWN_GRACE, instance_home=self.settings.home)
+        self.builds.shutdown()
+        self.retirements.shutdown()
+        self.starts.shutdown()
+        if not self._lease_lost:
+            self.board.update(last_known, stopped=True)
+
+
+def _serves_well(loc: Location) -> bool:
+    """The current version's server is alive and loaded its file."""
+    return loc.current is not None and loc.current.alive() and loc.current.load_error is None
