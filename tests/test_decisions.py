@@ -1,6 +1,7 @@
-"""The lifecycle decisions after ``plan()``, as scripted histories: pure, milliseconds.
+"""The lifecycle decisions, as scripted histories: pure, milliseconds.
 
-:class:`History` feeds ``plan()`` and :mod:`runner.lifecycle` what the supervisor would (files
+:class:`History` feeds the real ``reconcile()`` and :mod:`runner.lifecycle.transitions` what
+the supervisor would (files
 on the share, builds finishing, servers answering or dying, time passing) and keeps the
 locations and every effect, without a thread, a process or a clock.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from runner.envs import env as envs
 from runner.lifecycle import transitions as lifecycle
-from runner.lifecycle.model import Abandon, Location, Prepare, Problem, Reject, Remove, plan
+from runner.lifecycle.model import Abandon, Location, Prepare, Problem, Reject, Remove
+from runner.lifecycle.reconcile import died, reconcile, serves_well
 from runner.lifecycle.transitions import Count, KeepCopy, Provide, Retire, Say, Start, Step
 from runner.share.scan import Desired, LocationSpec
 from runner.share.script import ScriptMetadata
@@ -76,38 +78,16 @@ class History:
         return self.effects[mark:]
 
     def tick(self) -> None:
-        """A pass of the loop: plan, then promote."""
-        for action in plan(self.desired, self.locations, self.now, reserved=self.reserved):
-            loc = self.locations.get(_name(action))
-            if isinstance(action, Remove):
-                self.carry(lifecycle.remove(self.locations[action.name]))
-            elif isinstance(action, Abandon):
-                self.carry(lifecycle.abandon(self.locations[action.name]))
-            elif isinstance(action, Reject):
-                self.carry(
-                    lifecycle.reject(
-                        loc,
-                        action.error,
-                        collision=action.collision,
-                        keep_last_good=self.keep,
-                        now=self.now,
-                    )
-                )
-            elif isinstance(action, Prepare):
-                self.carry(
-                    lifecycle.prepare(
-                        loc,
-                        action.spec,
-                        envs.spec_for(action.spec.metadata),
-                        last_good=action.last_good,
-                        now=self.now,
-                    )
-                )
-        for loc in list(self.locations.values()):
-            stable = self.desired.get(loc.name)
-            self.carry(
-                lifecycle.promote(loc, stable=stable.digest if stable else None, now=self.now)
-            )
+        """A pass of the loop, as the supervisor makes it."""
+        for step in reconcile(
+            self.desired,
+            self.locations,
+            self.now,
+            reserved=self.reserved,
+            keep_last_good=self.keep,
+            env_for=lambda spec: envs.spec_for(spec.metadata, lock=spec.lock),
+        ):
+            self.carry(step)
 
     def built(self, key: str = ENV.key, *, error: envs.BuildError | None = None) -> None:
         env = None if error else envs.Env(key, Path("/envs") / key)
@@ -129,8 +109,6 @@ class History:
 
     def answer(self, name: str, serial: int, *, load_error: str | None = None) -> None:
         loc = self.locations[name]
-        cur = loc.current
-        serves_well = cur is not None and cur.alive() and cur.load_error is None
         stable = self.desired.get(name)
         self.carry(
             lifecycle.answered(
@@ -139,7 +117,7 @@ class History:
                 start_error=None,
                 load_error=Problem.says(load_error) if load_error else None,
                 ignored=(),
-                serves_well=serves_well,
+                serves_well=serves_well(loc),
                 keep_last_good=self.keep,
                 stable=stable.digest if stable else None,
                 now=self.now,
@@ -162,10 +140,8 @@ class History:
 
     def reap(self) -> None:
         for loc in list(self.locations.values()):
-            if lifecycle.watched(loc) and loc.current and not loc.current.alive():
-                assert loc.current.server is not None
-                how = loc.current.server.exit_reason()
-                self.carry(lifecycle.exited(loc, how=how, now=self.now))
+            if (step := died(loc, now=self.now)) is not None:
+                self.carry(step)
 
 
 def _name(action: object) -> str:

@@ -6,11 +6,12 @@ Slow work (uv builds, waiting for a server to answer, stopping one) runs in work
 and comes back as a message; processes are spawned only from this thread (their
 parent-death signal is tied to the spawning thread).
 
-What to do is decided elsewhere, by pure functions: :func:`plan.plan` (which version of each
-file to prepare) and :mod:`lifecycle` (what a build, a server's answer or exit, a retry means
-for a location). Each returns a step, and :meth:`Supervisor._carry` is the one place a
-location changes and effects happen: servers retired, environments built, servers queued,
-lines logged, failures counted.
+What to do is decided elsewhere, by pure functions in :mod:`runner.lifecycle`: a pass by
+:func:`~runner.lifecycle.reconcile.reconcile` (which version of each file to prepare, and
+when to promote it), and what a build, a server's answer or exit, a retry means for a
+location by :mod:`~runner.lifecycle.transitions`. Each returns a step, and
+:meth:`Supervisor._carry` is the one place a location changes and effects happen: servers
+retired, environments built, servers queued, lines logged, failures counted.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from runner.envs import env as envs
 from runner.envs.builds import Builds, EnvDone
 from runner.isolation.identity import IDS_NAME, Identities
 from runner.lifecycle import transitions as lifecycle
-from runner.lifecycle.model import Abandon, Action, Location, Reject, Remove, Served, plan
+from runner.lifecycle.model import Location, Served
+from runner.lifecycle.reconcile import died, reconcile, serves_well
 from runner.lifecycle.transitions import Count, Effect, KeepCopy, Provide, Retire, Say, Start, Step
 from runner.servers import last_good
 from runner.servers import server as servers
@@ -43,7 +45,7 @@ from runner.service import shutdown, status
 from runner.service.config import Settings
 from runner.service.lease import Lease
 from runner.service.status import STATES, STATUS_NAME, Board, FileStatus
-from runner.share.scan import Desired, RescanPace, Scanner
+from runner.share.scan import Desired, LocationSpec, RescanPace, Scanner
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +184,16 @@ class Supervisor:
                 if self._woken or (retry is not None and now >= retry):
                     self._woken = False
                     self._look_at_static()
-                    for action in plan(
-                        self._desired, self.locations, now, self._early, self._static_names
+                    for step in reconcile(
+                        self._desired,
+                        self.locations,
+                        now,
+                        early=self._early,
+                        reserved=self._static_names,
+                        keep_last_good=self.settings.keep_last_good,
+                        env_for=self._env_for,
                     ):
-                        self._apply(action, now)
-                    for loc in list(self.locations.values()):
-                        self._carry(lifecycle.promote(loc, stable=self._stable(loc), now=now))
+                        self._carry(step)
                 self._start_queued()
                 self._reap()
                 self.errors.sync({name: loc.error for name, loc in self.locations.items()})
@@ -241,7 +247,7 @@ class Supervisor:
                         start_error=msg.error,
                         load_error=msg.load_error,
                         ignored=msg.ignored,
-                        serves_well=_serves_well(loc),
+                        serves_well=serves_well(loc),
                         keep_last_good=keep,
                         stable=self._stable(loc),
                         now=now,
@@ -278,29 +284,8 @@ class Supervisor:
 
     # -- carrying out -------------------------------------------------------------------
 
-    def _apply(self, action: Action, now: float) -> None:
-        keep = self.settings.keep_last_good
-        if isinstance(action, Remove):
-            step = lifecycle.remove(self.locations[action.name])
-        elif isinstance(action, Abandon):
-            step = lifecycle.abandon(self.locations[action.name])
-        elif isinstance(action, Reject):
-            loc, error = self.locations.get(action.error.name), action.error
-            step = lifecycle.reject(
-                loc, error, collision=action.collision, keep_last_good=keep, now=now
-            )
-        else:
-            env = envs.spec_for(
-                action.spec.metadata, self.settings.extra_requirements, lock=action.spec.lock
-            )
-            step = lifecycle.prepare(
-                self.locations.get(action.spec.name),
-                action.spec,
-                env,
-                last_good=action.last_good,
-                now=now,
-            )
-        self._carry(step)
+    def _env_for(self, spec: LocationSpec) -> envs.EnvSpec:
+        return envs.spec_for(spec.metadata, self.settings.extra_requirements, lock=spec.lock)
 
     def _carry(self, step: Step) -> None:
         """The one place a location changes: keep its next value, then carry out the effects."""
@@ -373,9 +358,8 @@ class Supervisor:
             if any(asked) and (want := self._desired.get(name)) is not None:
                 self._carry(lifecycle.retry_asked(loc, want.digest, now=now))
                 loc = self.locations[name]
-            if lifecycle.watched(loc) and loc.current and not loc.current.alive():
-                how = loc.current.server.exit_reason() if loc.current.server else ""
-                self._carry(lifecycle.exited(loc, how=how, now=now))
+            if (step := died(loc, now=now)) is not None:
+                self._carry(step)
 
     # -- what the UI and operators see --------------------------------------------------
 
@@ -461,8 +445,3 @@ class Supervisor:
         self.starts.shutdown()
         if not self._lease_lost:
             self.board.update(last_known, stopped=True)
-
-
-def _serves_well(loc: Location) -> bool:
-    """The current version's server is alive and loaded its file."""
-    return loc.current is not None and loc.current.alive() and loc.current.load_error is None
