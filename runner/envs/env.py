@@ -170,14 +170,18 @@ class EnvStore:
         uv_bin: str | None = None,
         for_others: bool = False,
         builder: Identity | None = None,
+        network_timeout: float = 30.0,
     ) -> None:
         self.root = root
+        #: Seconds a build waits on a silent host (``RUNNER_NETWORK_TIMEOUT``).
+        self.network_timeout = network_timeout
         #: Its environments are run by other users (locations'): only their interpreters.
         self.for_others = for_others or builder is not None
         #: The user builds run as (None: the runner's own).
         self.builder = builder
         self.cache: Path | None = None
         if builder is not None:
+            # uv's own variable, as uv reads it (the environment passes through to uv).
             self.cache = Path(os.environ.get("UV_CACHE_DIR") or root.parent / "uv-cache")
             tenancy.claimed_folder(self.cache, uid=builder.uid, gid=builder.gid)
         self.uv_bin = uv_bin or uv.find_uv_bin()
@@ -261,7 +265,11 @@ class EnvStore:
         meta_script = work / "script" / kept.name
         meta_script.write_text(text)
         staging = work / "env"
-        env = _uv_env(self.root.parent / "python", for_others=self.for_others)
+        env = _uv_env(
+            self.root.parent / "python",
+            for_others=self.for_others,
+            network_timeout=self.network_timeout,
+        )
         if self.builder is not None:
             assert self.cache is not None
             env.update(HOME=str(work), UV_CACHE_DIR=str(self.cache), UV_LINK_MODE="copy")
@@ -567,9 +575,12 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _uv_env(python_dir: Path, *, for_others: bool = False) -> dict[str, str]:
-    """uv's environment: interpreters of version managers findable, downloads (uv's default,
-    unless ``UV_PYTHON_DOWNLOADS=never``) kept in the runner's state."""
+def _uv_env(
+    python_dir: Path, *, for_others: bool = False, network_timeout: float = 30.0
+) -> dict[str, str]:
+    """uv's environment: the service's own, passed through (uv's and git's settings), with
+    interpreters of version managers findable, downloads (uv's default, unless
+    ``UV_PYTHON_DOWNLOADS=never``) kept in the runner's state."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = pythons.search_path(env, for_others=for_others)
@@ -578,7 +589,7 @@ def _uv_env(python_dir: Path, *, for_others: bool = False) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     # A host that accepts connections and never answers must not hold a build for minutes:
     # uv's HTTP requests and git's transfers give up after this long without progress.
-    wait = env.get("RUNNER_NETWORK_TIMEOUT", "30")
+    wait = f"{network_timeout:g}"
     env.setdefault("UV_HTTP_TIMEOUT", wait)
     env.setdefault("GIT_HTTP_LOW_SPEED_LIMIT", "1")
     env.setdefault("GIT_HTTP_LOW_SPEED_TIME", wait)

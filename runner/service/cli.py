@@ -92,6 +92,7 @@ def _serve(args: argparse.Namespace) -> None:
         rescan_every=args.rescan_every,
         stable_for=args.stable_for,
         start_timeout=args.start_timeout,
+        network_timeout=args.network_timeout,
         retire_grace=args.retire_grace,
         keep_last_good=args.on_failure == "keep-last-good",
         instance_home=where.instance_home,
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
              "a file counts once unchanged this long, seconds", type=float)
     _setting(serve, "--start-timeout", "RUNNER_START_TIMEOUT", 180.0,
              "a server must answer and load its file within this, seconds", type=float)
+    _setting(serve, "--network-timeout", "RUNNER_NETWORK_TIMEOUT", 30.0,
+             "a build waits this long on a host that does not answer, seconds", type=float)
     _setting(serve, "--retire-grace", "RUNNER_RETIRE_GRACE", 3600.0,
              "a replaced or deleted server may finish its runs this long before SIGKILL, "
              "seconds", type=float)

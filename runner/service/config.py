@@ -29,6 +29,8 @@ class Settings:
     rescan_every: float = 2.0
     stable_for: float = 1.0
     start_timeout: float = 180.0
+    #: Seconds a build waits on a silent host (uv's HTTP timeout, git's low-speed limit).
+    network_timeout: float = 30.0
     #: How long a replaced or deleted server may take to finish its in-flight runs.
     retire_grace: float = 3600.0
     #: When a new version fails, keep serving the last good one (and show the failure beside

@@ -84,7 +84,9 @@ class Supervisor:
         # Where locations run as users of their own, so do builds (an sdist runs its code).
         isolation = settings.isolation if settings.isolated else None
         builder = isolation.ids.builds if isolation else None
-        self.store = store or envs.EnvStore(settings.state_dir / "envs", builder=builder)
+        self.store = store or envs.EnvStore(
+            settings.state_dir / "envs", builder=builder, network_timeout=settings.network_timeout
+        )
         self.scanner = Scanner(
             settings.code_dir, stable_for=settings.stable_for, settings=settings.settings_files()
         )
