@@ -110,7 +110,6 @@ class Harness:
             store=FakeStore(root / "state" / "envs"),
             start_server=self._start,
         )
-        self.thread = threading.Thread(target=self.sup.run, daemon=True)
 
     def _start(self, *, location: str, **_options: Any) -> FakeServer:
         server = FakeServer(location)
@@ -122,6 +121,17 @@ class Harness:
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
         self.sup.changed()
+        self.sup.turn(wait=0)
+
+    def until(self, what: str, check: Callable[[], T], timeout: float = 10) -> T:
+        """Turn the loop (no time passes on its clock) until ``check`` holds; a worker's
+        answer (a server ready, one stopped) arrives as a message it waits for briefly."""
+
+        def turned() -> T:
+            self.sup.turn(wait=0.01)
+            return check()
+
+        return wait_for(what, turned, timeout=timeout, every=0)
 
     def wait_seen(self, relpath: str, state: str = "waiting-for-stable") -> None:
         """Until the status file shows ``relpath`` in ``state`` (the loop has scanned it)."""
@@ -134,16 +144,17 @@ class Harness:
                 return False
             return any(r["file"] == relpath and r["state"] == state for r in rows)
 
-        wait_for(f"{relpath} {state}", seen, timeout=10)
+        self.until(f"{relpath} {state}", seen)
 
     def tick_until(self, what: str, check: Callable[[], T]) -> T:
         """Let time pass, half a second per look, until ``check`` holds."""
 
         def ticked() -> T:
             self.advance(0.5)
+            self.sup.turn(wait=0.01)
             return check()
 
-        return wait_for(what, ticked, timeout=20, every=0.05)
+        return wait_for(what, ticked, timeout=20, every=0)
 
     def ports(self) -> dict[str, int]:
         try:
@@ -163,13 +174,12 @@ class Harness:
 def harness(tmp_path: Path) -> Iterator[Harness]:
     h = Harness(tmp_path)
     h.code.mkdir(parents=True)
-    h.thread.start()
+    h.sup.begin()
     try:
         yield h
     finally:
         h.sup.stop()
-        h.thread.join(timeout=30)
-    assert not h.thread.is_alive()
+        h.sup.end()
 
 
 def test_a_file_is_served_once_stable_and_a_crash_restarts_it_with_growing_delays(
@@ -180,25 +190,25 @@ def test_a_file_is_served_once_stable_and_a_crash_restarts_it_with_growing_delay
     harness.wait_seen("a.py")
     assert not harness.servers  # not stable yet: nothing is started
     harness.advance(1.5)
-    first = wait_for("a server for a.py", lambda: harness.servers and harness.servers[0])
-    wait_for("a.py in workspace.yaml", lambda: harness.serving("a", first), timeout=10)
+    first = harness.until("a server for a.py", lambda: harness.servers and harness.servers[0])
+    harness.until("a.py in workspace.yaml", lambda: harness.serving("a", first), timeout=10)
 
     # Dies 5 s after its spawn: restarted after 1 s, not at once.
     harness.clock.now += 5
     first.crash()
     harness.sup.wake()
-    wait_for("the crash noticed", lambda: (loc := harness.sup.locations["a"]).retry_at and loc)
+    harness.until("the crash noticed", lambda: (loc := harness.sup.locations["a"]).retry_at and loc)
     assert harness.sup.locations["a"].retry_at == harness.clock.now + 1
     assert len(harness.servers) == 1
     harness.advance(1)
-    second = wait_for("a restart", lambda: len(harness.servers) == 2 and harness.servers[1])
-    wait_for("the restart served", lambda: harness.serving("a", second), timeout=10)
+    second = harness.until("a restart", lambda: len(harness.servers) == 2 and harness.servers[1])
+    harness.until("the restart served", lambda: harness.serving("a", second), timeout=10)
 
     # Dies soon again: the next delay doubles.
     harness.clock.now += 3
     second.crash()
     harness.sup.wake()
-    wait_for("the second crash noticed", lambda: harness.sup.locations["a"].retry_at)
+    harness.until("the second crash noticed", lambda: harness.sup.locations["a"].retry_at)
     assert harness.sup.locations["a"].retry_at == harness.clock.now + 2
     assert harness.sup.locations["a"].attempts == 2
 
@@ -208,23 +218,23 @@ def test_an_edit_is_served_by_a_new_server_and_a_deletion_removes_the_location(
 ) -> None:
     (harness.code / "b.py").write_text(asset_file(["x"]))
     first = harness.tick_until("b.py served", lambda: harness.servers and harness.servers[0])
-    wait_for("b.py in workspace.yaml", lambda: harness.serving("b", first), timeout=10)
+    harness.until("b.py in workspace.yaml", lambda: harness.serving("b", first), timeout=10)
     (harness.code / "b.py").write_text(asset_file(["x", "y"]))
     edited = harness.tick_until(
         "the edit's server", lambda: len(harness.servers) == 2 and harness.servers[1]
     )
-    wait_for("the edit served", lambda: harness.serving("b", edited), timeout=10)
-    wait_for("the old server stopped once unpublished", lambda: first.exit_code == 0)
+    harness.until("the edit served", lambda: harness.serving("b", edited), timeout=10)
+    harness.until("the old server stopped once unpublished", lambda: first.exit_code == 0)
     (harness.code / "b.py").unlink()
     harness.advance(0)
-    wait_for("the deletion", lambda: "b" not in harness.ports(), timeout=10)
+    harness.until("the deletion", lambda: "b" not in harness.ports(), timeout=10)
     assert "b" not in harness.sup.locations
 
 
 def test_a_deletion_while_the_next_version_is_starting_stops_both(harness: Harness) -> None:
     (harness.code / "c.py").write_text(asset_file(["x"]))
     first = harness.tick_until("c.py started", lambda: harness.servers and harness.servers[0])
-    wait_for("c.py served", lambda: harness.serving("c", first), timeout=10)
+    harness.until("c.py served", lambda: harness.serving("c", first), timeout=10)
     harness.hold_answers = True
     (harness.code / "c.py").write_text(asset_file(["x", "y"]))
     starting = harness.tick_until(
@@ -232,8 +242,8 @@ def test_a_deletion_while_the_next_version_is_starting_stops_both(harness: Harne
     )
     (harness.code / "c.py").unlink()
     harness.tick_until("the deletion", lambda: "c" not in harness.ports())
-    wait_for("the starting server stopped", lambda: starting.exit_code == 0, timeout=10)
-    wait_for("the served one stopped", lambda: first.exit_code == 0, timeout=10)
+    harness.until("the starting server stopped", lambda: starting.exit_code == 0, timeout=10)
+    harness.until("the served one stopped", lambda: first.exit_code == 0, timeout=10)
     starting.answer.set()  # it answers after all: too late, nothing is served
     harness.advance(1)
     assert "c" not in harness.ports() and "c" not in harness.sup.locations
@@ -243,7 +253,7 @@ def test_a_deletion_while_the_next_version_is_starting_stops_both(harness: Harne
 def test_a_static_workspace_name_appearing_rejects_the_files_location(harness: Harness) -> None:
     (harness.code / "d.py").write_text(asset_file(["x"]))
     first = harness.tick_until("d.py started", lambda: harness.servers and harness.servers[0])
-    wait_for("d.py served", lambda: harness.serving("d", first), timeout=10)
+    harness.until("d.py served", lambda: harness.serving("d", first), timeout=10)
     static = harness.workspace.parent / "workspace.static.yaml"
     static.write_text(
         yaml.safe_dump(
@@ -256,7 +266,7 @@ def test_a_static_workspace_name_appearing_rejects_the_files_location(harness: H
     )
     harness.tick_until("the collision shown", lambda: "d~name-collision" in harness.ports())
     assert harness.ports()["d"] == 4999  # the static entry keeps its name
-    wait_for("the file's server stopped", lambda: first.exit_code == 0, timeout=10)
+    harness.until("the file's server stopped", lambda: first.exit_code == 0, timeout=10)
     static.unlink()  # the name is free again: the file is served once more
     again = harness.tick_until(
         "d.py served again",

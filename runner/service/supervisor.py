@@ -137,6 +137,8 @@ class Supervisor:
         self._desired: Mapping[str, Desired] = {}
         self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
         self._rescan = True
+        self._next_scan: float = 0.0  # the next full rescan
+        self._due: float | None = None  # when a file waiting to become stable is due
         self._static_names: frozenset[str] = frozenset()
         self._stopping = threading.Event()
         self._lease_lost = False
@@ -171,43 +173,51 @@ class Supervisor:
 
     def run(self) -> None:
         """Reconcile until :meth:`stop`; then stop every server we started."""
+        self.begin()
+        try:
+            while not self._stopping.is_set():
+                self.turn()
+        finally:
+            self.end()
+
+    def begin(self) -> None:
         self.settings.code_dir.mkdir(parents=True, exist_ok=True)
         self.starts.begin()
         self.publisher.start()
         log.info("full rescan every %.0fs", self.settings.rescan_every)
-        try:
-            next_scan, due = 0.0, None
-            while not self._stopping.is_set():
-                now = self.clock()
-                if now >= next_scan or (due is not None and now >= due) or self._rescan:
-                    due = self._scan(now)
-                    next_scan = now + self.pace.period
-                retry = lifecycle.next_retry(list(self.locations.values()))
-                if self._woken or (retry is not None and now >= retry):
-                    self._woken = False
-                    self._look_at_static()
-                    for step in reconcile(
-                        self._desired,
-                        self.locations,
-                        now,
-                        early=self._early,
-                        reserved=self._static_names,
-                        keep_last_good=self.settings.keep_last_good,
-                        env_for=self._env_for,
-                    ):
-                        self._carry(step)
-                self._start_queued()
-                self._reap()
-                self.errors.sync({name: loc.error for name, loc in self.locations.items()})
-                self._publish()
-                self.retirements.stop_due(self.publisher.published)
-                self._report()
-                later = now + 1.0 if self.starts else None  # a start slot may free up
-                retry = lifecycle.next_retry(list(self.locations.values()))  # a Reload's
-                wake_at = min(t for t in (next_scan, due, retry, later) if t is not None)
-                self._drain(timeout=max(0.0, wake_at - self.clock()))
-        finally:
-            self._shutdown()
+
+    def turn(self, *, wait: float | None = None) -> None:
+        """One pass of the loop: observe, decide, carry out; then wait for a message until
+        the next thing due (at most ``wait`` seconds, when given: tests drive it so)."""
+        now = self.clock()
+        if now >= self._next_scan or (self._due is not None and now >= self._due) or self._rescan:
+            self._due = self._scan(now)
+            self._next_scan = now + self.pace.period
+        retry = lifecycle.next_retry(list(self.locations.values()))
+        if self._woken or (retry is not None and now >= retry):
+            self._woken = False
+            self._look_at_static()
+            for step in reconcile(
+                self._desired,
+                self.locations,
+                now,
+                early=self._early,
+                reserved=self._static_names,
+                keep_last_good=self.settings.keep_last_good,
+                env_for=self._env_for,
+            ):
+                self._carry(step)
+        self._start_queued()
+        self._reap()
+        self.errors.sync({name: loc.error for name, loc in self.locations.items()})
+        self._publish()
+        self.retirements.stop_due(self.publisher.published)
+        self._report()
+        later = now + 1.0 if self.starts else None  # a start slot may free up
+        retry = lifecycle.next_retry(list(self.locations.values()))  # a Reload's
+        wake_at = min(t for t in (self._next_scan, self._due, retry, later) if t is not None)
+        timeout = max(0.0, wake_at - self.clock())
+        self._drain(timeout=timeout if wait is None else min(wait, timeout))
 
     # -- messages -------------------------------------------------------------------------
 
@@ -433,7 +443,8 @@ class Supervisor:
             self.store.remove(key)
             self._used_envs.discard(key)
 
-    def _shutdown(self) -> None:
+    def end(self) -> None:
+        """Stop every server and worker; the status file says the runner stopped."""
         last_known = self._rows()
         self.publisher.stop()
         # Some retired servers may be waiting out RUNNER_RETIRE_GRACE for their runs.
