@@ -18,6 +18,7 @@ from runner.lifecycle import transitions as lifecycle
 from runner.lifecycle.model import Abandon, Location, Prepare, Problem, Reject, Remove
 from runner.lifecycle.reconcile import died, reconcile, serves_well
 from runner.lifecycle.transitions import Count, KeepCopy, Provide, Retire, Say, Start, Step
+from runner.servers import starts
 from runner.share.scan import Desired, LocationSpec
 from runner.share.script import ScriptMetadata
 
@@ -70,9 +71,6 @@ class History:
         else:
             self.locations[step.name] = step.loc
         self.effects += step.effects
-        for effect in step.effects:  # as the supervisor does: a built env starts at once
-            if isinstance(effect, Provide) and effect.gen.env.key in self.envs:
-                self.effects.append(Start(effect.gen, self.envs[effect.gen.env.key]))
 
     def since(self, mark: int) -> list[object]:
         return self.effects[mark:]
@@ -86,6 +84,7 @@ class History:
             reserved=self.reserved,
             keep_last_good=self.keep,
             env_for=lambda spec: envs.spec_for(spec.metadata, lock=spec.lock),
+            built=lambda env: self.envs.get(env.key),
         ):
             self.carry(step)
 
@@ -380,13 +379,13 @@ def test_a_ready_version_is_served_only_once_its_file_is_stable_at_it() -> None:
 
 
 def test_servers_start_a_few_at_a_time_and_a_hanging_one_gives_up_its_slot() -> None:
-    per, cold = lifecycle.WARM_PER_SLOT, lifecycle.start_cost(warm=False)
-    assert cold == per and lifecycle.start_cost(warm=True) == 1
-    assert lifecycle.start_budget([], now=100.0, slots=2) == 2 * per
-    assert lifecycle.start_budget([(99.0, False)], now=100.0, slots=2) == per  # one cold
-    assert lifecycle.start_budget([(99.0, False)] * 3, now=100.0, slots=2) == 0
-    hung = 100.0 - lifecycle.SLOT_HELD_FOR
-    assert lifecycle.start_budget([(hung, False), (99.0, False)], now=100.0, slots=2) == per
+    per, cold = starts.WARM_PER_SLOT, starts.start_cost(warm=False)
+    assert cold == per and starts.start_cost(warm=True) == 1
+    assert starts.start_budget([], now=100.0, slots=2) == 2 * per
+    assert starts.start_budget([(99.0, False)], now=100.0, slots=2) == per  # one cold
+    assert starts.start_budget([(99.0, False)] * 3, now=100.0, slots=2) == 0
+    hung = 100.0 - starts.SLOT_HELD_FOR
+    assert starts.start_budget([(hung, False), (99.0, False)], now=100.0, slots=2) == per
     # Warm starts only load the file: several share a slot.
-    assert lifecycle.start_budget([(99.0, True)] * 3, now=100.0, slots=2) == 2 * per - 3
-    assert lifecycle.start_budget([(99.0, True)] * 2 * per, now=100.0, slots=2) == 0
+    assert starts.start_budget([(99.0, True)] * 3, now=100.0, slots=2) == 2 * per - 3
+    assert starts.start_budget([(99.0, True)] * 2 * per, now=100.0, slots=2) == 0

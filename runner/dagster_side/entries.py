@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from runner.dagster_side import provenance
 from runner.dagster_side.workspace import Entry
 from runner.envs.env import Resolution
-from runner.lifecycle.model import Location, Served, ignored_warning
+from runner.lifecycle.model import Location, Server, ignored_warning
 
 #: Suffix of the extra entry that shows a failed new version while the last good one serves.
 #: "~" never occurs in a location name, so it cannot collide with a file's location.
@@ -30,7 +30,7 @@ def entries(
     static_names: frozenset[str],
     file_of: Callable[[Location], str],
     resolution: Callable[[str], Resolution | None],
-    error_server: Callable[[str], Served | None],
+    error_server: Callable[[str], Server | None],
 ) -> list[Entry]:
     out = []
     for loc in locations:

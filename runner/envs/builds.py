@@ -51,19 +51,16 @@ class Builds:
     def keys(self) -> set[str]:
         return set(self._started)
 
-    def provide(self, spec: EnvSpec, name: str, refresh: bool = False) -> Env | None:
-        """``spec``'s environment if it is built; else build it (once) for location ``name``,
-        and ``done`` hears when it is."""
-        built = self.store.get(spec)
-        if built is not None:
-            return built
+    def provide(self, spec: EnvSpec, name: str, refresh: bool = False) -> None:
+        """Build ``spec``'s environment (once) for location ``name``; ``done`` hears when it
+        is built. The lifecycle asks only for one it did not find built; one that a build
+        finished since has its ``done`` on the way, and is not built again."""
         if spec.key in self:
             log.info("%s waits for env %s, already building", name, spec.short)
-        else:
+        elif self.store.get(spec) is None:
             added = f" (adding {', '.join(spec.added)}: the file does not list it)"
             log.info("building env %s for %s%s", spec.short, name, added if spec.added else "")
             self.start(spec, refresh=refresh)
-        return None
 
     def start(self, spec: EnvSpec, *, refresh: bool = False) -> None:
         """Build ``spec`` in a worker; ``done`` hears the outcome."""

@@ -37,7 +37,7 @@ class Problem:
         return cls(message=message, summary=lines[-1] if lines else "unknown error", text=message)
 
 
-class Served(Protocol):
+class Server(Protocol):
     """A process or in-process server that a workspace entry can point at."""
 
     port: int  # 0 when it listens on ``socket``
@@ -70,7 +70,7 @@ class Generation:
     spec: LocationSpec
     env: envs.EnvSpec
     prepared: float  # when the runner began preparing it (building, or finding, its env)
-    server: Served | None = None
+    server: Server | None = None
     spawned: float | None = None  # when its server was started
     ready: bool = False  # answered and loaded; served once its file is stable
     load_error: Problem | None = None  # Dagster's own, from the server

@@ -17,12 +17,11 @@ its file is stable at it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from runner.envs import env as envs
-from runner.lifecycle.model import Generation, Location, Problem, Served, ignored_warning
+from runner.lifecycle.model import Generation, Location, Problem, Server, ignored_warning
 from runner.share import script
 from runner.share.scan import LocationSpec, SpecError
 
@@ -132,60 +131,25 @@ def after_transient_failure(attempts: int, *, now: float) -> Retry:
     return Retry(attempts, delay, now + delay)
 
 
-# --- starting servers a few at a time -------------------------------------------------
-
-#: Seconds a starting server holds its start slot at most.
-SLOT_HELD_FOR = 15.0
-#: A server forked from its environment's template only loads its file (about a tenth of a
-#: cold start's CPU, which imports Dagster first): this many warm starts share one slot.
-WARM_PER_SLOT = 4
-
-
-def start_cost(warm: bool) -> int:
-    """What a start holds of the start slots, in warm starts."""
-    return 1 if warm else WARM_PER_SLOT
-
-
-def start_budget(starting: list[tuple[float, bool]], *, now: float, slots: int) -> int:
-    """How many more warm starts may begin now (a cold one costs :func:`start_cost`), given
-    when each server still starting was spawned and whether it started warm.
-
-    Servers starting together share the CPU (importing Dagster alone takes about 1.5 s of
-    it): fifty cold starts at once all answer after a minute, a few at a time make the first
-    ones visible within seconds and the last ones no later. A server that takes long to
-    start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
-    """
-    held = sum(start_cost(warm) for at, warm in starting if now - at < SLOT_HELD_FOR)
-    return max(0, slots * WARM_PER_SLOT - held)
-
-
-def is_next(locations: Mapping[str, Location], gen: Generation) -> bool:
-    """Whether ``gen`` is still the version on its way for its location."""
-    loc = locations.get(gen.spec.name)
-    return loc is not None and loc.next is not None and loc.next.serial == gen.serial
-
-
-def starting(loc: Location) -> tuple[float, bool] | None:
-    """When the server of ``loc``'s next version was spawned, and whether warm, while it has
-    not answered."""
-    gen = loc.next
-    if gen is None or gen.server is None or gen.ready or gen.spawned is None:
-        return None
-    return gen.spawned, gen.server.start == "warm"
-
-
 # --- the file's versions ---------------------------------------------------------------
 
 
 def prepare(
-    loc: Location | None, spec: LocationSpec, env: envs.EnvSpec, *, last_good: bool, now: float
+    loc: Location | None,
+    spec: LocationSpec,
+    env: envs.EnvSpec,
+    *,
+    built: envs.Env | None,
+    last_good: bool,
+    now: float,
 ) -> Step:
     """Begin serving ``spec`` (``last_good``: the last good version again, from its copy):
-    whatever was on its way is dropped, and the environment is provided."""
+    whatever was on its way is dropped; its server starts in its environment if that is
+    ``built``, else the environment is provided first."""
     loc = loc or Location(spec.name)
     gen = Generation(spec=spec, env=env, prepared=now, last_good=last_good)
-    provide = Provide(gen, refresh=loc.refresh)
-    return _step(replace(loc, next=gen, retry_at=None, refresh=False), *_retire_next(loc), provide)
+    then = Start(gen, built) if built is not None else Provide(gen, refresh=loc.refresh)
+    return _step(replace(loc, next=gen, retry_at=None, refresh=False), *_retire_next(loc), then)
 
 
 def abandon(loc: Location) -> Step:
@@ -263,7 +227,7 @@ def env_done(
     return Step(step.name, step.loc, (Count("env"), *step.effects))
 
 
-def spawned(loc: Location, gen: Generation, server: Served, *, now: float) -> Step:
+def spawned(loc: Location, gen: Generation, server: Server, *, now: float) -> Step:
     """``gen``'s server was started; it is awaited."""
     text = f"starting {loc.name} on {server.where} (pid {server.pid}, {server.start}{_as(server)})"
     return _step(
@@ -309,7 +273,7 @@ def answered(
 Promotion = Literal["last-good", "file", "wait"]
 
 
-def _as(server: Served) -> str:
+def _as(server: Server) -> str:
     return f", as uid {server.user.uid}" if server.user is not None else ""
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from runner.lifecycle.model import Generation, Served
+from runner.lifecycle.model import Generation, Server
 
 #: Seconds after which a retired server is stopped even if no version without it was
 #: published: a webserver that stays unreachable must not keep old servers forever.
@@ -21,7 +21,7 @@ OVERDUE_AFTER = 120.0
 
 @dataclass(eq=False)
 class Retiring:
-    server: Served
+    server: Server
     gen: Generation | None  # None: an error server
     since: float  # when it was retired (the supervisor's clock)
     after_version: int | None = None  # stop once this workspace version is published
@@ -53,7 +53,7 @@ class Retirements:
         self._waiting: list[Retiring] = []
         self._stopping: list[Retiring] = []
 
-    def add(self, server: Served, gen: Generation | None, *, immediately: bool = False) -> None:
+    def add(self, server: Server, gen: Generation | None, *, immediately: bool = False) -> None:
         """Stop ``server`` once no published workspace points at it (``immediately``: it
         never was in one)."""
         self._waiting.append(Retiring(server, gen, self.clock(), 0 if immediately else None))

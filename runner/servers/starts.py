@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,57 @@ from runner.dagster_side.container_runs import ContainerRuns
 from runner.envs import env as envs
 from runner.isolation import tenancy, trust
 from runner.isolation.identity import Identities, Identity, Isolation
-from runner.lifecycle.model import Generation, Problem
+from runner.lifecycle import transitions
+from runner.lifecycle.model import Generation, Location, Problem
+from runner.lifecycle.transitions import Step
 from runner.servers import last_good, warm
 from runner.servers import server as servers
 from runner.servers.cgroup import Cgroups
 from runner.share.script import short_name
 
 log = logging.getLogger(__name__)
+
+#: Cold starts at once; warm ones share these slots (see :func:`start_budget`).
+PARALLEL_STARTS = max(2, os.cpu_count() or 2)
+
+#: Seconds a starting server holds its start slot at most.
+SLOT_HELD_FOR = 15.0
+#: A server forked from its environment's template only loads its file (about a tenth of a
+#: cold start's CPU, which imports Dagster first): this many warm starts share one slot.
+WARM_PER_SLOT = 4
+
+
+def start_cost(warm: bool) -> int:
+    """What a start holds of the start slots, in warm starts."""
+    return 1 if warm else WARM_PER_SLOT
+
+
+def start_budget(starting: list[tuple[float, bool]], *, now: float, slots: int) -> int:
+    """How many more warm starts may begin now (a cold one costs :func:`start_cost`), given
+    when each server still starting was spawned and whether it started warm.
+
+    Servers starting together share the CPU (importing Dagster alone takes about 1.5 s of
+    it): fifty cold starts at once all answer after a minute, a few at a time make the first
+    ones visible within seconds and the last ones no later. A server that takes long to
+    start (an import that hangs) gives up its slot after ``SLOT_HELD_FOR``.
+    """
+    held = sum(start_cost(warm) for at, warm in starting if now - at < SLOT_HELD_FOR)
+    return max(0, slots * WARM_PER_SLOT - held)
+
+
+def is_next(locations: Mapping[str, Location], gen: Generation) -> bool:
+    """Whether ``gen`` is still the version on its way for its location."""
+    loc = locations.get(gen.spec.name)
+    return loc is not None and loc.next is not None and loc.next.serial == gen.serial
+
+
+def starting(loc: Location) -> tuple[float, bool] | None:
+    """When the server of ``loc``'s next version was spawned, and whether warm, while it has
+    not answered."""
+    gen = loc.next
+    if gen is None or gen.server is None or gen.ready or gen.spawned is None:
+        return None
+    return gen.spawned, gen.server.start == "warm"
 
 
 @dataclass(frozen=True)
@@ -94,6 +139,7 @@ class Starts:
         self._lock_path = lock_path
         self._resolution = resolution  # how an environment was resolved: its lock's digest
         self._used: set[str] = set()  # names this runner started servers for
+        self.used_envs: set[str] = set()  # env keys this runner started servers in
         self._foreign: dict[str, str | None] = {}  # env key -> why its template holds no rights
         self._start_server = start_server  # the one place a code server process starts
         self._done = done  # called from a worker thread
@@ -135,6 +181,36 @@ class Starts:
             if wanted(gen):
                 taken.append((gen, env))
         return taken
+
+    def start_queued(
+        self, locations: Mapping[str, Location], *, now: float, keep_last_good: bool
+    ) -> list[Step]:
+        """Start queued servers while start slots are free, each at most once (one whose
+        template is starting goes back in line); the step of each, in order."""
+        held, steps = dict(locations), []
+        started = [at for loc in held.values() if (at := starting(loc)) is not None]
+        budget = start_budget(started, now=now, slots=PARALLEL_STARTS)
+        least = start_cost(warm=self.templates is not None)
+        for _ in range(len(self)):
+            if budget < least or not (taken := self.take(1, wanted=lambda g: is_next(held, g))):
+                break
+            gen, env = taken[0]
+            loc = held[gen.spec.name]
+            try:
+                server = self.spawn(gen, env)
+            except OSError as exc:
+                why = f"could not start the code server: {exc}"
+                step = transitions.failed(loc, gen, why, keep_last_good=keep_last_good, now=now)
+            else:
+                if server is None:  # its template is starting; the start stays queued
+                    continue
+                budget -= start_cost(server.start == "warm")
+                self.used_envs.add(env.key)
+                step = transitions.spawned(loc, gen, server, now=now)
+            steps.append(step)
+            if step.loc is not None:
+                held[step.name] = step.loc
+        return steps
 
     def spawn(self, gen: Generation, env: envs.Env) -> servers.CodeServer | None:
         """Start ``gen``'s server (raises OSError) and await its answer in a worker;

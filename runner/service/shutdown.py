@@ -10,13 +10,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from runner.dagster_side.instance import open_instance
-from runner.lifecycle.model import Served
+from runner.lifecycle.model import Server
 from runner.servers import server as servers
 
 log = logging.getLogger(__name__)
 
 
-def stop_all(live: list[Served], *, grace: float, instance_home: Path) -> None:
+def stop_all(live: list[Server], *, grace: float, instance_home: Path) -> None:
     log.info("stopping %d server(s)", len(live))
     with ExitStack() as stack:
         terminate = None
@@ -35,7 +35,7 @@ def stop_all(live: list[Served], *, grace: float, instance_home: Path) -> None:
             t.join(timeout=grace + 10)
 
 
-def _stop_now(server: Served, grace: float, terminate: Callable[[str], object] | None) -> None:
+def _stop_now(server: Server, grace: float, terminate: Callable[[str], object] | None) -> None:
     if isinstance(server, servers.CodeServer):
         server.stop(grace=grace, terminate=terminate)
     else:

@@ -10,60 +10,42 @@ What to do is decided elsewhere, by pure functions in :mod:`runner.lifecycle`: a
 :func:`~runner.lifecycle.reconcile.reconcile` (which version of each file to prepare, and
 when to promote it), and what a build, a server's answer or exit, a retry means for a
 location by :mod:`~runner.lifecycle.transitions`. Each returns a step, and
-:meth:`Supervisor._carry` is the one place a location changes and effects happen: servers
+:meth:`Supervisor._take` is the one place a location changes and effects happen: servers
 retired, environments built, servers queued, lines logged, failures counted.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from runner.base import metrics
-from runner.base.paths import STATIC_NAME
 from runner.dagster_side import entries
-from runner.dagster_side.errors import ErrorServers, Sockets
-from runner.dagster_side.publish import Publisher
-from runner.dagster_side.workspace import Entry, Static, StaticSource
+from runner.dagster_side.workspace import Entry, Static
 from runner.envs import env as envs
-from runner.envs.builds import Builds, EnvDone
-from runner.isolation.identity import IDS_NAME, Identities
+from runner.envs.builds import EnvDone
+from runner.lifecycle import reconcile
 from runner.lifecycle import transitions as lifecycle
-from runner.lifecycle.model import Location, Served
-from runner.lifecycle.reconcile import died, reconcile, serves_well
+from runner.lifecycle.model import Location
 from runner.lifecycle.transitions import Count, Effect, KeepCopy, Provide, Retire, Say, Start, Step
 from runner.servers import last_good
 from runner.servers import server as servers
-from runner.servers.retire import Retirements, Stopped
-from runner.servers.starts import ServerDone, Starts
+from runner.servers.retire import Stopped
+from runner.servers.starts import ServerDone
 from runner.service import shutdown, status
 from runner.service.config import Settings
+from runner.service.inbox import Inbox, Message, Wake
 from runner.service.lease import Lease
-from runner.service.status import STATES, STATUS_NAME, Board, FileStatus
-from runner.share.scan import Desired, LocationSpec, RescanPace, Scanner
+from runner.service.parts import assemble
+from runner.service.status import STATES, FileStatus
+from runner.share.scan import Desired, LocationSpec
 
 log = logging.getLogger(__name__)
 
-#: Environments built at once (each uv build uses the network and a core).
-PARALLEL_BUILDS = 2
-#: Cold starts at once; warm ones share these slots (see :func:`lifecycle.start_budget`).
-PARALLEL_STARTS = max(2, os.cpu_count() or 2)
 #: Seconds each server has to stop when the runner stops.
 SHUTDOWN_GRACE = 8.0
-
-
-@dataclass(frozen=True)
-class _Wake:
-    rescan: bool = False  # files may have changed: rescan the share now
-    written: str | None = None  # a local writer finished this file
-
-
-Message = _Wake | EnvDone | ServerDone | Stopped
 
 
 class Supervisor:
@@ -81,58 +63,14 @@ class Supervisor:
         self.lease = lease  # held while it runs: one runner per share (see ``lease``)
         self.clock = clock  # for every decision about time
         self.wall = wall  # for times people read (status)
-        # Where locations run as users of their own, so do builds (an sdist runs its code).
-        isolation = settings.isolation if settings.isolated else None
-        builder = isolation.ids.builds if isolation else None
-        self.store = store or envs.EnvStore(
-            settings.state_dir / "envs", builder=builder, network_timeout=settings.network_timeout
-        )
-        self.scanner = Scanner(
-            settings.code_dir, stable_for=settings.stable_for, settings=settings.settings_files()
-        )
-        self.pace = RescanPace(settings.rescan_every)
-        self.static = StaticSource(settings.workspace_path.parent / STATIC_NAME)
+        self.inbox = Inbox()
         self.locations: dict[str, Location] = {}
-        self.inbox: queue.Queue[Message] = queue.Queue()
-        self.publisher = Publisher(
-            settings.workspace_path,
-            webserver_url=settings.webserver_url,
-            on_published=lambda version: self.wake(),
-        )
-        self.builds = Builds(self.store, workers=PARALLEL_BUILDS, done=self.inbox.put, clock=clock)
-        identities = (
-            Identities(settings.workspace_path.parent / IDS_NAME, settings.isolation.ids)
-            if settings.isolated and settings.isolation
-            else None
-        )
-        self.starts = Starts(
-            settings.server_options(),
-            start_server=start_server,
-            done=self.inbox.put,
-            wake=self.wake,
-            identities=identities,
-            lock_path=self.store.lock_path,
-            resolution=self.store.resolution,
-        )
-        self.retirements = Retirements(
-            grace=settings.retire_grace, done=self.inbox.put, clock=clock
-        )
-        self.errors = ErrorServers(
-            host=settings.host,
-            on_reload=self.wake,
-            retire=lambda server: self.retirements.add(server, None),
-            sockets=Sockets(settings.state_dir / "servers", settings.service[1])
-            if settings.use_sockets
-            else None,
-        )
-        isolation = settings.isolation.describe() if settings.isolation else ""
-        self.board = Board(
-            settings.workspace_path.parent / STATUS_NAME,
-            share=settings.code_dir.parent,
-            isolation=isolation,
-        )
+        parts = assemble(settings, self.inbox, clock=clock, store=store, start_server=start_server)
+        self.store, self.scanner = parts.store, parts.scanner
+        self.pace, self.static = parts.pace, parts.static
+        self.publisher, self.builds, self.starts = parts.publisher, parts.builds, parts.starts
+        self.retirements, self.errors, self.board = parts.retirements, parts.errors, parts.board
         self._pending: list[str] = []  # relpaths waiting to become stable
-        self._used_envs: set[str] = set()  # env keys this runner has served from
         self._published: tuple[list[Entry], Static] | None = None
         self._desired: Mapping[str, Desired] = {}
         self._early: Mapping[str, Desired] = {}  # finished by a local writer, not yet stable
@@ -148,15 +86,15 @@ class Supervisor:
 
     def wake(self) -> None:
         """Make the loop look at everything it holds now (thread-safe)."""
-        self.inbox.put(_Wake())
+        self.inbox.put(Wake())
 
     def changed(self) -> None:
         """Something under the code folder changed: rescan it now (thread-safe)."""
-        self.inbox.put(_Wake(rescan=True))
+        self.inbox.put(Wake(rescan=True))
 
     def written(self, path: str) -> None:
         """A file was closed after writing, or renamed into place (thread-safe)."""
-        self.inbox.put(_Wake(rescan=True, written=path))
+        self.inbox.put(Wake(rescan=True, written=path))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -197,7 +135,7 @@ class Supervisor:
         if self._woken or (retry is not None and now >= retry):
             self._woken = False
             self._look_at_static()
-            for step in reconcile(
+            for step in reconcile.reconcile(
                 self._desired,
                 self.locations,
                 now,
@@ -205,8 +143,9 @@ class Supervisor:
                 reserved=self._static_names,
                 keep_last_good=self.settings.keep_last_good,
                 env_for=self._env_for,
+                built=self.store.get,
             ):
-                self._carry(step)
+                self._take(step)
         self._start_queued()
         self._reap()
         self.errors.sync({name: loc.error for name, loc in self.locations.items()})
@@ -217,52 +156,34 @@ class Supervisor:
         retry = lifecycle.next_retry(list(self.locations.values()))  # a Reload's
         wake_at = min(t for t in (self._next_scan, self._due, retry, later) if t is not None)
         timeout = max(0.0, wake_at - self.clock())
-        self._drain(timeout=timeout if wait is None else min(wait, timeout))
+        self.inbox.drain(self._handle, timeout=timeout if wait is None else min(wait, timeout))
 
     # -- messages -------------------------------------------------------------------------
 
-    def _drain(self, timeout: float) -> None:
-        try:
-            msg = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return
-        while True:
-            self._handle(msg)
-            try:
-                msg = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-
     def _handle(self, msg: Message) -> None:
         self._woken = True
-        keep, now = self.settings.keep_last_good, self.clock()
-        if isinstance(msg, _Wake):
+        decided = {"keep_last_good": self.settings.keep_last_good, "now": self.clock()}
+        if isinstance(msg, Wake):
             self._rescan = self._rescan or msg.rescan
             if msg.written is not None:
                 self.scanner.mark_written(msg.written)
         elif isinstance(msg, EnvDone):
             self.builds.finished(msg)
-            for loc in list(self.locations.values()):
-                self._carry(
-                    lifecycle.env_done(
-                        loc, msg.key, msg.env, msg.error, keep_last_good=keep, now=now
-                    )
-                )
+            for step in reconcile.env_built(self.locations, msg.key, msg.env, msg.error, **decided):
+                self._take(step)
         elif isinstance(msg, ServerDone):
             if msg.error is None:
                 metrics.SERVER_START_SECONDS.observe(msg.seconds)
             if (loc := self.locations.get(msg.name)) is not None:
-                self._carry(
-                    lifecycle.answered(
+                self._take(
+                    reconcile.server_answered(
                         loc,
                         msg.serial,
                         start_error=msg.error,
                         load_error=msg.load_error,
                         ignored=msg.ignored,
-                        serves_well=serves_well(loc),
-                        keep_last_good=keep,
-                        stable=self._stable(loc),
-                        now=now,
+                        desired=self._desired,
+                        **decided,
                     )
                 )
         elif isinstance(msg, Stopped):
@@ -281,17 +202,12 @@ class Supervisor:
         self._rescan, self._woken = False, True
         return scan.next_due
 
-    def _stable(self, loc: Location) -> str | None:
-        """The digest ``loc``'s file is stable at now, if it is."""
-        desired = self._desired.get(loc.name)
-        return desired.digest if desired is not None else None
-
     def _look_at_static(self) -> None:
         """Names the static workspace uses; when they change, failures are looked at anew."""
         names = self.static.poll().names
         if names != self._static_names:
-            for loc in list(self.locations.values()):
-                self._carry(lifecycle.look_again(loc))
+            for step in reconcile.static_changed(self.locations):
+                self._take(step)
             self._static_names = names
 
     # -- carrying out -------------------------------------------------------------------
@@ -299,22 +215,21 @@ class Supervisor:
     def _env_for(self, spec: LocationSpec) -> envs.EnvSpec:
         return envs.spec_for(spec.metadata, self.settings.extra_requirements, lock=spec.lock)
 
-    def _carry(self, step: Step) -> None:
+    def _take(self, step: Step) -> None:
         """The one place a location changes: keep its next value, then carry out the effects."""
         if step.loc is None:
             self.locations.pop(step.name, None)
         else:
             self.locations[step.name] = step.loc
         for effect in step.effects:
-            self._do(effect)
+            self._carry_out(effect)
 
-    def _do(self, effect: Effect) -> None:
+    def _carry_out(self, effect: Effect) -> None:
         match effect:
             case Retire(gen, immediately) if gen.server is not None:
                 self.retirements.add(gen.server, gen, immediately=immediately)
             case Provide(gen, refresh):
-                if (built := self.builds.provide(gen.env, gen.spec.name, refresh)) is not None:
-                    self.starts.queue(gen, built)
+                self.builds.provide(gen.env, gen.spec.name, refresh)
             case Start(gen, env):
                 self.starts.queue(gen, env)
             case KeepCopy(gen):
@@ -328,50 +243,21 @@ class Supervisor:
 
     def _start_queued(self) -> None:
         """Start servers whose environment is ready, a few at a time."""
-        now = self.clock()
-        starting = [
-            at for loc in self.locations.values() if (at := lifecycle.starting(loc)) is not None
-        ]
-        budget = lifecycle.start_budget(starting, now=now, slots=PARALLEL_STARTS)
-        least = lifecycle.start_cost(warm=self.starts.templates is not None)
-        for _ in range(len(self.starts)):  # each at most once: one that waits goes back in line
-            if budget < least:
-                break
-            taken = self.starts.take(1, wanted=lambda gen: lifecycle.is_next(self.locations, gen))
-            if not taken:
-                break
-            gen, env = taken[0]
-            loc = self.locations[gen.spec.name]
-            try:
-                server = self.starts.spawn(gen, env)
-                if server is None:  # its template is starting; the start stays queued
-                    continue
-            except OSError as exc:
-                self._carry(
-                    lifecycle.failed(
-                        loc,
-                        gen,
-                        f"could not start the code server: {exc}",
-                        keep_last_good=self.settings.keep_last_good,
-                        now=now,
-                    )
-                )
-                continue
-            budget -= lifecycle.start_cost(server.start == "warm")
-            self._used_envs.add(env.key)
-            self._carry(lifecycle.spawned(loc, gen, server, now=now))
+        keep = self.settings.keep_last_good
+        for step in self.starts.start_queued(self.locations, now=self.clock(), keep_last_good=keep):
+            self._take(step)
 
     def _reap(self) -> None:
         """Servers that died on their own, and the UI's Reload on a location."""
-        now = self.clock()
-        for name, loc in list(self.locations.items()):
+        asked = set()
+        for name, loc in self.locations.items():
             shown = [loc.current.server if loc.current else None, self.errors.get(name)]
-            asked = [server.reload_requested() for server in shown if server is not None]
-            if any(asked) and (want := self._desired.get(name)) is not None:
-                self._carry(lifecycle.retry_asked(loc, want.digest, now=now))
-                loc = self.locations[name]
-            if (step := died(loc, now=now)) is not None:
-                self._carry(step)
+            if any([server.reload_requested() for server in shown if server is not None]):
+                asked.add(name)  # (each asked: a request is taken once)
+        for step in reconcile.reaped(
+            self.locations, self._desired, reload_asked=asked, now=self.clock()
+        ):
+            self._take(step)
 
     # -- what the UI and operators see --------------------------------------------------
 
@@ -430,28 +316,20 @@ class Supervisor:
 
     def _collect_envs(self) -> None:
         """Delete environments this runner used and nothing uses any more."""
-        in_use = {
-            gen.env.key
-            for loc in self.locations.values()
-            for gen in (loc.current, loc.next)
-            if gen is not None
-        }
-        in_use |= self.retirements.env_keys() | self.builds.keys()
-        for key in self._used_envs - in_use:
+        busy = self.retirements.env_keys() | self.builds.keys()
+        for key in reconcile.unused_envs(self.starts.used_envs, self.locations, busy=busy):
             log.info("removing env %s (no location uses it any more)", key[:12])
             self.starts.retire(envs.Env(key, self.store.path(key)).python)
             self.store.remove(key)
-            self._used_envs.discard(key)
+            self.starts.used_envs.discard(key)
 
     def end(self) -> None:
         """Stop every server and worker; the status file says the runner stopped."""
         last_known = self._rows()
         self.publisher.stop()
         # Some retired servers may be waiting out RUNNER_RETIRE_GRACE for their runs.
-        live: list[Served] = [item.server for item in self.retirements.items()]
-        for loc in self.locations.values():
-            live += [g.server for g in (loc.current, loc.next) if g is not None and g.server]
-        live += self.errors.all()
+        retiring = [item.server for item in self.retirements.items()]
+        live = [*retiring, *reconcile.servers_of(self.locations), *self.errors.all()]
         shutdown.stop_all(live, grace=SHUTDOWN_GRACE, instance_home=self.settings.home)
         self.builds.shutdown()
         self.retirements.shutdown()
