@@ -22,7 +22,8 @@ import time
 from runner.base import paths, process
 from runner.dagster_side import instance
 from runner.dagster_side.workspace import ensure_exists, local_address, without_servers
-from runner.service.cli import isolation_of, setup_logging
+from runner.service import config
+from runner.service.cli import setup_logging
 from runner.service.lease import LEASE_NAME, Lease
 
 log = logging.getLogger("entrypoint")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)  # for the roles, and for prepare() below
     roles = ROLES if args.role == "all" else (args.role,)
-    isolation = isolation_of(os.environ)  # stops here if RUNNER_ISOLATION=user cannot be had
+    isolation = config.isolation()  # stops here if RUNNER_ISOLATION=user cannot be had
     owner = paths.share_owner()
     if owner is not None:  # the webserver and the daemon write here as the service's user
         for folder in {where.dagster_home, where.instance_home}:

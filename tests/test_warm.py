@@ -128,13 +128,13 @@ def _no_wait(templates: warm.Templates, request: server.Request) -> Any:
     """A warm start, or None: the template is starting (the environment's first start, cold
     meanwhile, is stopped here)."""
     try:
-        proc, how = templates.launch(Path(sys.executable), request)
+        launched = templates.launch(Path(sys.executable), request)
     except warm.NotReady:
         return None
-    if how == f"cold: {warm.FIRST_START}":
-        process.stop(proc, name="the first, cold, start")
+    if launched.how == f"cold: {warm.FIRST_START}":
+        process.stop(launched.proc, name="the first, cold, start")
         return None
-    return proc, how
+    return launched
 
 
 def _request(tmp_path: Path, argv: list[str], env: dict[str, str]) -> server.Request:
@@ -158,7 +158,7 @@ def test_settings_that_put_code_on_the_path_start_cold(tmp_path: Path) -> None:
     templates = warm.Templates(os.environ, changed=lambda: None)
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
     try:
-        proc, how = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
+        proc, how, _ = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
         assert how.startswith("cold: its settings set PYTHONPATH, which would load code")
         assert templates.all() == []  # no template was started for it
         proc.kill()
@@ -182,7 +182,7 @@ def test_a_template_that_keeps_dying_while_starting_is_given_up(tmp_path: Path) 
     env = {**os.environ}
     try:
         # The first start is cold (and does not wait), later ones wait for a template.
-        proc, how = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
+        proc, how, _ = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
         assert how == f"cold: {warm.FIRST_START}" and proc.wait(timeout=30) == 0
         for attempt in range(warm.BOOT_ATTEMPTS):
             if attempt:
@@ -191,7 +191,7 @@ def test_a_template_that_keeps_dying_while_starting_is_given_up(tmp_path: Path) 
             (template,) = templates.all()
             template.kill()
             wait_for("the template to end", lambda t=template: t.state == "ended")
-        proc, how = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
+        proc, how, _ = templates.launch(Path(sys.executable), _request(tmp_path, argv, env))
         ended = f"cold: its template ended {warm.BOOT_ATTEMPTS} times while starting"
         assert how.startswith(ended)
         assert "killed by SIGKILL" in how

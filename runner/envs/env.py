@@ -458,7 +458,7 @@ class EnvStore:
                 pythons.installed_versions(listed),
                 downloads=downloads,
                 why=why,
-                closed=pythons.closed_interpreters(os.environ) if self.for_others else [],
+                closed=pythons.closed_interpreters(env) if self.for_others else [],
             ),
             transient=False,
         ) from None

@@ -20,9 +20,9 @@ from runner.share.scan import Desired, LocationSpec, SpecError
 @dataclass(frozen=True, eq=False)
 class Problem:
     """Why a location is not served, as the UI and ``runner status`` show it: the runner's own
-    words, or the error its code server reported. Plain data; :mod:`runner.dagster_side.errors`
-    turns it into Dagster's error type and back. Compared by identity: a new failure is a new
-    value, even if it reads the same (the UI then gets a fresh error server)."""
+    words, or the error its code server reported. Plain data, turned into Dagster's error type
+    and back by :mod:`runner.dagster_side.error_servers`. Compared by identity: a new failure
+    is a new value, even if it reads the same (the UI then gets a fresh error server)."""
 
     message: str
     summary: str  # one line for the log: the last line of the innermost cause

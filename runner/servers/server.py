@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from dagster import deserialize_value
 
 from runner.base import process
-from runner.dagster_side.errors import problem
+from runner.dagster_side.error_servers import problem
 from runner.dagster_side.internals import (
     DagsterGrpcClient,
     GetCurrentRunsResult,
@@ -256,9 +257,18 @@ def socket_fits(sidecars: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class Address:
+    """Where a server answers: a host and port, or a Unix socket (``port`` 0)."""
+
+    host: str
+    port: int = 0
+    socket: str | None = None
+
+
+@dataclass(frozen=True)
 class Request:
     """A code server to start: its command line, environment and working directory, whom it
-    runs as, and its folder (see :class:`Sidecar`)."""
+    runs as, its folder (see :class:`Sidecar`), and the address it is asked to listen on."""
 
     argv: Sequence[str]
     env: Mapping[str, str]
@@ -266,6 +276,16 @@ class Request:
     user: Identity | None
     sidecar: Sidecar
     cgroup: Cgroup | None = None  # joined before any of its code runs
+    address: Address = Address("127.0.0.1")
+
+
+class Launched(NamedTuple):
+    """A server's process as its kind started it: how (``cold``, ``warm``, ``cold: why``),
+    and where the webserver, the daemon and the runner reach it."""
+
+    proc: process.Proc
+    how: str
+    address: Address
 
 
 def start(
@@ -369,7 +389,9 @@ def start(
     try:
         cgroup = cgroups.make(short) if cgroups is not None else None
         try:
-            proc, how = (launch or spawn_cold)(Request(argv, env, workdir, user, sidecar, cgroup))
+            address = Address(host, port, str(sidecar.socket) if use_socket else None)
+            request = Request(argv, env, workdir, user, sidecar, cgroup, address)
+            launched = (launch or spawn_cold)(request)
         except BaseException:
             if cgroup is not None:
                 cgroup.kill()
@@ -381,13 +403,13 @@ def start(
         location=location,
         python=python,
         file=file,
-        host=host,
-        port=port,
+        host=launched.address.host,
+        port=launched.address.port,
         server_id=server_id,
-        proc=proc,
+        proc=launched.proc,
         sidecar=sidecar,
-        start=how,
-        socket=str(sidecar.socket) if use_socket else None,
+        start=launched.how,
+        socket=launched.address.socket,
         user=user,
         cgroup=cgroup,
     )
@@ -414,14 +436,15 @@ def _folders(
     tenancy.owned_folder(workdir / "tmp", uid=user.uid, gid=user.gid, mode=0o700)
 
 
-#: Starts a server's process: a request -> (the process, how it started).
-Launch = Callable[[Request], "tuple[process.Proc, str]"]
+#: Where a server runs, one function per kind: starts its process for a request, and says
+#: how it started and where it answers (see CONTRIBUTING.md, "Where a server runs").
+Launch = Callable[[Request], Launched]
 
 #: What a location's processes create is theirs and the service's group's, never others'.
 LOCATION_UMASK = 0o007
 
 
-def spawn_cold(request: Request) -> tuple[process.Proc, str]:
+def spawn_cold(request: Request) -> Launched:
     """A fresh interpreter that imports everything itself, as the location's user."""
     user = request.user
     proc = process.spawn(
@@ -432,4 +455,4 @@ def spawn_cold(request: Request) -> tuple[process.Proc, str]:
         umask=LOCATION_UMASK if user else -1,
         cgroup=request.cgroup.procs if request.cgroup else None,
     )
-    return proc, "cold"
+    return Launched(proc, "cold", request.address)

@@ -38,7 +38,7 @@ from pathlib import Path
 from runner.base import process
 from runner.isolation.identity import Identity
 from runner.servers.cgroup import Cgroup
-from runner.servers.server import Request, spawn_cold
+from runner.servers.server import Launched, Request, spawn_cold
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +361,7 @@ class Templates:
         #: Where templates start (their servers move to cgroups of their own at once).
         self.cgroup: Cgroup | None = None
 
-    def launch(
-        self, python: Path, request: Request, *, cold: str | None = None
-    ) -> tuple[process.Proc, str]:
+    def launch(self, python: Path, request: Request, *, cold: str | None = None) -> Launched:
         """Fork the server from its environment's template ("warm"), or spawn it ("cold:
         why"; ``cold``: why it must start cold); raises :class:`NotReady` while the
         template starts."""
@@ -378,12 +376,11 @@ class Templates:
         why = cold or self._cold.get(key) or self._template(key, python, env)
         if why is None:
             try:
-                return self._templates[key].fork(request), "warm"
+                return Launched(self._templates[key].fork(request), "warm", request.address)
             except OSError as exc:
                 why = str(exc)
                 log.warning("%s: starting cold: %s", python, why)
-        proc, _ = spawn_cold(request)
-        return proc, f"cold: {why}"
+        return spawn_cold(request)._replace(how=f"cold: {why}")
 
     def retire(self, python: Path) -> None:
         """Stop the templates of an environment that is removed."""

@@ -8,16 +8,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from runner.base import paths, process
-from runner.dagster_side import container_runs, instance
+from runner.base import paths
+from runner.dagster_side import instance
 from runner.isolation import identity
-from runner.share import limits, location_env
+from runner.service import config
 
 log = logging.getLogger("runner")
 
@@ -65,7 +64,6 @@ def setup_logging(level: str = "INFO", *, name: str = "runner", fmt: str = "text
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from runner.service.config import Settings
     from runner.service.lease import LEASE_NAME, Lease
     from runner.service.supervisor import Supervisor
 
@@ -73,7 +71,7 @@ def _serve(args: argparse.Namespace) -> None:
     where.dagster_home.mkdir(parents=True, exist_ok=True)
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
-    isolation, service = isolation_of(os.environ), _service()
+    isolation, service = config.isolation(), config.service_user()
     state = paths.state_dir()
     if isolation.on:
         _prepare_state(state)
@@ -82,11 +80,11 @@ def _serve(args: argparse.Namespace) -> None:
         log.warning("%s", isolation.describe())
     # Before any code server opens the instance; and what every environment needs to open it.
     ready = instance.prepare(where.instance_home, shared_with=service if isolation.on else None)
-    settings = Settings(
+    settings = config.Settings(
         code_dir=where.code_dir,
         workspace_path=where.workspace,
         state_dir=state,
-        webserver_url=args.webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None,
+        webserver_url=args.webserver_url or config.webserver_url(),
         host=args.host,
         advertise_host=args.advertise_host,
         rescan_every=args.rescan_every,
@@ -98,11 +96,9 @@ def _serve(args: argparse.Namespace) -> None:
         instance_home=where.instance_home,
         extra_requirements=ready.packages,
         server_log_format="json" if args.log_format == "json" else "colored",
-        settings_dir=Path(os.environ["RUNNER_SETTINGS_DIR"]).resolve()
-        if os.environ.get("RUNNER_SETTINGS_DIR")
-        else None,
-        pass_env=tuple(location_env.pass_env_patterns()),
-        container_runs=_container_runs(ready.launcher),
+        settings_dir=config.settings_dir(),
+        pass_env=config.pass_env(),
+        container_runs=config.container_runs(ready.launcher),
         warm_starts=args.starts == "warm",
         isolation=isolation,
         service=service,
@@ -157,22 +153,6 @@ def _serve(args: argparse.Namespace) -> None:
         lease.release()
 
 
-def isolation_of(environ: Mapping[str, str]) -> identity.Isolation:
-    """``RUNNER_ISOLATION`` and ``RUNNER_UID_RANGE`` against what this process may do; a bad
-    setting, or ``user`` where it cannot be had, stops at once with the reason."""
-    try:
-        ids = identity.IdRange.parse(environ.get("RUNNER_UID_RANGE") or identity.DEFAULT_RANGE)
-        return identity.decide(
-            environ.get("RUNNER_ISOLATION"),
-            ids=ids,
-            euid=os.geteuid(),
-            effective=identity.read_effective_caps(),
-            setpriv=process.can_set_user(),
-        )
-    except ValueError as exc:
-        raise SystemExit(f"runner: {exc}") from None
-
-
 def _fence(settings: Any, metrics: str | None) -> Any:
     """Close the service's TCP ports to the locations' users (see :mod:`fence`), saying
     what stays open where it cannot."""
@@ -191,13 +171,6 @@ def _fence(settings: Any, metrics: str | None) -> Any:
     if why:
         log.warning("%s", why)
     return fence
-
-
-def _service() -> tuple[int, int]:
-    try:
-        return paths.service_identity()
-    except (ValueError, KeyError) as exc:
-        raise SystemExit(f"runner: {exc}") from None
 
 
 def _prepare_state(state: Path) -> None:
@@ -221,30 +194,6 @@ def _prepare_state(state: Path) -> None:
         )
 
 
-def _container_runs(kind: container_runs.Kind) -> container_runs.ContainerRuns | None:
-    """How runs start, from the instance's launcher and the RUNNER_RUN_* settings; a bad
-    setting stops the runner at once, with the setting's name."""
-    try:
-        defaults = limits.service_defaults(os.environ)
-        runs = container_runs.ContainerRuns.from_environ(
-            kind, os.environ, own_container=container_runs.read_own_container(), defaults=defaults
-        )
-    except ValueError as exc:
-        raise SystemExit(f"runner: {exc}") from None
-    if kind == "local":
-        return None
-    problem = runs.problem()
-    if problem:
-        log.warning("%s", problem)
-    log.info(
-        "runs start in %s containers (image %s, default limits: %s)",
-        kind,
-        runs.image or "from the run launcher's config",
-        runs.defaults.describe(),
-    )
-    return runs
-
-
 def _daemon(args: argparse.Namespace) -> None:
     from runner.dagster_side import daemon
     from runner.dagster_side.workspace import ensure_exists
@@ -253,7 +202,7 @@ def _daemon(args: argparse.Namespace) -> None:
     paths.ensure_instance_config(where)
     paths.export_instance_env(where)
     ensure_exists(where.workspace)
-    if os.environ.get("RUNNER_ISOLATION") == "user":
+    if config.roles_isolated():
         instance.share_new_sqlite_files()
     daemon.run(where.workspace, log_format=args.log_format)
 
@@ -264,7 +213,7 @@ def _webserver(args: argparse.Namespace) -> None:
     from runner.dagster_side import reload
 
     reload.patch(follow=True)
-    if os.environ.get("RUNNER_ISOLATION") == "user":
+    if config.roles_isolated():
         instance.share_new_sqlite_files()
     webserver(
         args=args.options, prog_name="dagster-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER"

@@ -1,17 +1,31 @@
 """The runner's settings: where the share, the workspace and the state are, and how code
-servers start (from the command line and the environment, see :mod:`cli`)."""
+servers start, from the command line (see :mod:`cli`) and the environment.
+
+The service's own variables are read here, once, as the runner starts; every other module
+gets values. What passes through on purpose is not a setting: the variables a location
+inherits (:mod:`runner.share.location_env`), uv's and git's own (handed to uv as they are),
+the instance's ``env:`` variables, and what the places of things are read from
+(:mod:`runner.base.paths`, which the entrypoint exports to every role). ``boot/`` runs in a
+location's environment and reads its own.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.base import paths, process
+from runner.dagster_side import container_runs as runs
 from runner.dagster_side.container_runs import ContainerRuns
-from runner.isolation import trust
+from runner.isolation import identity, trust
 from runner.isolation.identity import Isolation
 from runner.servers.starts import ServerOptions
-from runner.share import location_env
+from runner.share import limits, location_env
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -95,3 +109,78 @@ class Settings:
             trusted_indexes=trust.service_indexes(os.environ),
             outputs=self.home / "storage" / "locations" if self.isolated else None,
         )
+
+
+# -- from the environment, read once as the runner starts ---------------------------------
+
+
+def isolation(environ: Mapping[str, str] = os.environ) -> Isolation:
+    """``RUNNER_ISOLATION`` and ``RUNNER_UID_RANGE`` against what this process may do; a bad
+    setting, or ``user`` where it cannot be had, stops at once with the reason."""
+    try:
+        ids = identity.IdRange.parse(environ.get("RUNNER_UID_RANGE") or identity.DEFAULT_RANGE)
+        return identity.decide(
+            environ.get("RUNNER_ISOLATION"),
+            ids=ids,
+            euid=os.geteuid(),
+            effective=identity.read_effective_caps(),
+            setpriv=process.can_set_user(),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+
+
+def roles_isolated(environ: Mapping[str, str] = os.environ) -> bool:
+    """The webserver and the daemon serve locations that run as users of their own (the
+    entrypoint exports ``RUNNER_ISOLATION=user`` to them once the runner can have it)."""
+    return environ.get("RUNNER_ISOLATION") == "user"
+
+
+def service_user(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """``RUNNER_SERVICE_USER``: the user and group of the webserver and the daemon."""
+    try:
+        return paths.service_identity(environ)
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"runner: {exc}") from None
+
+
+def webserver_url(environ: Mapping[str, str] = os.environ) -> str | None:
+    """``DAGSTER_WEBSERVER_URL``: a stock webserver to tell about each new workspace."""
+    return environ.get("DAGSTER_WEBSERVER_URL") or None
+
+
+def settings_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """``RUNNER_SETTINGS_DIR``: settings files (secrets) outside the share."""
+    value = environ.get("RUNNER_SETTINGS_DIR")
+    return Path(value).resolve() if value else None
+
+
+def pass_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """``RUNNER_PASS_ENV``: more of the service's environment for every location."""
+    return tuple(location_env.pass_env_patterns(environ))
+
+
+def container_runs(
+    kind: runs.Kind, environ: Mapping[str, str] = os.environ
+) -> ContainerRuns | None:
+    """How runs start, from the instance's launcher and the ``RUNNER_RUN_*`` settings; a bad
+    setting stops the runner at once, with the setting's name."""
+    try:
+        defaults = limits.service_defaults(environ)
+        found = ContainerRuns.from_environ(
+            kind, environ, own_container=runs.read_own_container(), defaults=defaults
+        )
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+    if kind == "local":
+        return None
+    problem = found.problem()
+    if problem:
+        log.warning("%s", problem)
+    log.info(
+        "runs start in %s containers (image %s, default limits: %s)",
+        kind,
+        found.image or "from the run launcher's config",
+        found.defaults.describe(),
+    )
+    return found

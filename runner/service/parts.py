@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.base.paths import STATIC_NAME
-from runner.dagster_side.errors import ErrorServers, Sockets
+from runner.dagster_side.error_servers import ErrorServers, Sockets
 from runner.dagster_side.publish import Publisher
 from runner.dagster_side.workspace import StaticSource
 from runner.envs import env as envs

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -199,6 +198,6 @@ def inherited(environ: Mapping[str, str], *, also: Iterable[str] = ()) -> dict[s
     return out
 
 
-def pass_env_patterns(environ: Mapping[str, str] = os.environ) -> list[str]:
+def pass_env_patterns(environ: Mapping[str, str]) -> list[str]:
     """``RUNNER_PASS_ENV``: names or ``PREFIX_*`` patterns, separated by commas or spaces."""
     return environ.get("RUNNER_PASS_ENV", "").replace(",", " ").split()
