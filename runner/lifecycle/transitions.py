@@ -94,6 +94,10 @@ class Step:
     loc: Location | None
     effects: tuple[Effect, ...] = ()
 
+    def after(self, *effects: Effect) -> Step:
+        """The same step, with ``effects`` carried out first."""
+        return replace(self, effects=(*effects, *self.effects))
+
 
 def _step(loc: Location, *effects: Effect) -> Step:
     return Step(loc.name, loc, effects)
@@ -182,7 +186,7 @@ def reject(
         effects.append(Retire(loc.current))
         loc = replace(loc, current=None)
     failed = _failed(loc, error.digest, Problem.says(shown), keep_last_good=keep_last_good, now=now)
-    return Step(loc.name, failed.loc, (*effects, *failed.effects))
+    return failed.after(*effects)
 
 
 def env_done(
@@ -224,7 +228,7 @@ def env_done(
             keep_last_good=keep_last_good,
             now=now,
         )
-    return Step(step.name, step.loc, (Count("env"), *step.effects))
+    return step.after(Count("env"))
 
 
 def spawned(loc: Location, gen: Generation, server: Server, *, now: float) -> Step:
@@ -260,14 +264,14 @@ def answered(
         return _step(loc)  # superseded or abandoned meanwhile; its server is retiring
     if start_error is not None:
         step = failed(loc, gen, start_error, keep_last_good=keep_last_good, now=now)
-        return Step(step.name, step.loc, (Count("start"), *step.effects))
+        return step.after(Count("start"))
     counted: tuple[Effect, ...] = (Count("load"),) if load_error is not None else ()
     if load_error is not None and serves_well and keep_last_good:
         step = failed(loc, gen, load_error, keep_last_good=keep_last_good, now=now)
-        return Step(step.name, step.loc, (*counted, *step.effects))
+        return step.after(*counted)
     ready = replace(gen, ready=True, load_error=load_error, ignored=ignored)
     step = promote(replace(loc, next=ready), stable=stable, now=now)
-    return Step(step.name, step.loc, (*counted, *step.effects))
+    return step.after(*counted)
 
 
 Promotion = Literal["last-good", "file", "wait"]
@@ -372,7 +376,7 @@ def failed(
     )
     effects.append(Say(logging.ERROR, f"{loc.name}: {said}"))
     step = _failed(loc, gen.digest, info, keep_last_good=keep_last_good, now=now)
-    return Step(step.name, step.loc, (*effects, *step.effects))
+    return step.after(*effects)
 
 
 def _failed(loc: Location, digest: str, info: Problem, *, keep_last_good: bool, now: float) -> Step:
