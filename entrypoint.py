@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from runner.base import paths, process
+from runner.base import files, paths, process
 from runner.dagster_side import instance
 from runner.dagster_side.workspace import ensure_exists, local_address, without_servers
 from runner.service import config
@@ -95,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(
         os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint", fmt=args.log_format
     )
-    where = paths.layout(args.share)
+    where = config.layout(args.share)
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
-    paths.ensure_instance_config(where)
-    paths.export_instance_env(where)  # for the roles, and for prepare() below
+    config.ensure_instance_config(where)
+    config.export_instance_env(where)  # for the roles, and for prepare() below
     roles = ROLES if args.role == "all" else (args.role,)
     isolation = config.isolation()  # stops here if RUNNER_ISOLATION=user cannot be had
-    owner = paths.share_owner()
+    owner = config.share_owner()
+    files.write_as(owner)  # workspace.yaml and the acknowledgements: the roles rewrite them
     if owner is not None:  # the webserver and the daemon write here as the service's user
         for folder in {where.dagster_home, where.instance_home}:
             os.chown(folder, *owner, follow_symlinks=False)
@@ -111,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ensure_exists(where.workspace)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop while waiting below
-    shared = paths.service_identity() if isolation.on else None
+    shared = config.service_user() if isolation.on else None
     try:
         # Waits, retrying, for a database that is down.
-        instance.prepare(where.instance_home, shared_with=shared)
+        instance.prepare(
+            where.instance_home, shared_with=shared, database_url=config.database_url()
+        )
     except KeyboardInterrupt:
         log.info("stopped while waiting for the Dagster instance")
         return 130

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.base import paths
 from runner.dagster_side import container_runs
 from runner.dagster_side.container_runs import ContainerRuns, Volume
 from runner.envs import env
 from runner.isolation.identity import Identity
+from runner.service import config
 from runner.share import limits, script
 from runner.share.limits import RunLimits
 
@@ -172,16 +172,16 @@ def test_docker_runs_get_an_instance_folder_and_config_of_their_own(
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "docker")
-    where = paths.layout(tmp_path)
+    where = config.layout(tmp_path)
     assert where.instance_home == tmp_path / "dagster_home" / "docker"
-    paths.ensure_instance_config(where)
+    config.ensure_instance_config(where)
     text = (where.instance_home / "dagster.yaml").read_text()
     assert "class: DockerRunLauncher" in text and "storage:" not in text
     monkeypatch.setenv("DAGSTER_POSTGRES_HOST", "db")
-    assert paths.layout(tmp_path).instance_home.name == "postgres-docker"
+    assert config.layout(tmp_path).instance_home.name == "postgres-docker"
     monkeypatch.setenv("RUNNER_RUN_LAUNCHER", "kubernetes")
     with pytest.raises(SystemExit, match="local or docker"):
-        paths.layout(tmp_path)
+        config.layout(tmp_path)
 
 
 @pytest.mark.parametrize("finished", [False, True])

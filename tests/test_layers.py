@@ -15,15 +15,10 @@ def test_lower_layers_never_import_higher_ones_and_the_model_no_dagster() -> Non
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-#: Where the environment is read: the settings (config), the places of things the
-#: entrypoint exports to every role (paths), the command line's option defaults (cli), and
-#: what passes through to uv on purpose (env). boot/ runs in a location's environment.
-READS_THE_ENVIRONMENT = {
-    "runner/service/config.py",
-    "runner/base/paths.py",
-    "runner/service/cli.py",
-    "runner/envs/env.py",
-}
+#: Where the environment is read: the settings (config), the command line's option
+#: defaults (cli), and what passes through to uv on purpose (env). boot/ runs in a
+#: location's environment.
+READS_THE_ENVIRONMENT = {"runner/service/config.py", "runner/service/cli.py", "runner/envs/env.py"}
 
 
 def test_the_environment_is_read_only_where_settings_are_read() -> None:

@@ -20,6 +20,7 @@ import pytest
 import uv
 
 from runner.base import paths
+from runner.service import config
 from tests.needs import missing
 from tests.service import asset_file, drop, running, wait_for
 
@@ -125,9 +126,9 @@ def test_database_url_from_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSTER_POSTGRES_USER", "dagster")
     monkeypatch.setenv("DAGSTER_POSTGRES_PASSWORD", "p@ss word")
     monkeypatch.setenv("DAGSTER_POSTGRES_DB", "runs")
-    assert paths.database_url() == "postgresql+psycopg2://dagster:p%40ss%20word@db:5432/runs"
+    assert config.database_url() == "postgresql+psycopg2://dagster:p%40ss%20word@db:5432/runs"
     monkeypatch.setenv("DAGSTER_DATABASE_URL", "postgres://x@y/z")
-    assert paths.database_url() == "postgresql+psycopg2://x@y/z"
+    assert config.database_url() == "postgresql+psycopg2://x@y/z"
 
 
 def test_shipped_instance_settings_match_the_templates() -> None:

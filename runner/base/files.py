@@ -6,7 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from runner.base.paths import share_owner
+#: Whom the files this process writes belong to: set once as the process starts (see
+#: :func:`runner.service.config.share_owner`); None: this process's own user.
+_owner: tuple[int, int] | None = None
+
+
+def write_as(owner: tuple[int, int] | None) -> None:
+    """Files this process writes from now on belong to ``owner`` (uid, gid)."""
+    global _owner
+    _owner = owner
 
 
 def write_if_changed(path: Path, text: str, *, owner: tuple[int, int] | None = None) -> bool:
@@ -26,7 +34,7 @@ def write_if_changed(path: Path, text: str, *, owner: tuple[int, int] | None = N
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        owner = owner or share_owner()
+        owner = owner or _owner
         if owner is not None:
             os.chown(tmp, *owner)
         os.replace(tmp, path)

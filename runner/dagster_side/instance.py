@@ -43,7 +43,11 @@ class Ready:
 
 
 def prepare(
-    home: Path, *, retry_for: float = float("inf"), shared_with: tuple[int, int] | None = None
+    home: Path,
+    *,
+    retry_for: float = float("inf"),
+    shared_with: tuple[int, int] | None = None,
+    database_url: str | None = None,
 ) -> Ready:
     """Create and migrate the instance's storage once, before several processes open it.
 
@@ -82,7 +86,7 @@ def prepare(
             log.error(
                 "cannot open the Dagster instance in %s%s: %s; retrying in %.0fs",
                 home,
-                _database_where(),
+                _database_where(database_url),
                 _first_line(exc),
                 delay,
             )
@@ -116,13 +120,10 @@ def storage_packages(instance: DagsterInstance) -> tuple[str, ...]:
     return tuple(sorted(r.replace("_", "-") for r in roots if r != "dagster"))
 
 
-def _database_where() -> str:
+def _database_where(url: str | None) -> str:
     """ " (PostgreSQL at HOST:PORT, database DB)" for the configured URL; never its password."""
     from urllib.parse import urlsplit
 
-    from runner.base.paths import database_url
-
-    url = database_url()
     if not url:
         return ""
     parts = urlsplit(url)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from runner.base import paths
+from runner.base import files
 from runner.dagster_side import instance
 from runner.isolation import identity
 from runner.service import config
@@ -67,19 +67,23 @@ def _serve(args: argparse.Namespace) -> None:
     from runner.service.lease import LEASE_NAME, Lease
     from runner.service.supervisor import Supervisor
 
-    where = paths.layout(args.share)
+    where = config.layout(args.share)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
-    paths.ensure_instance_config(where)
-    paths.export_instance_env(where)
+    config.ensure_instance_config(where)
+    config.export_instance_env(where)
     isolation, service = config.isolation(), config.service_user()
-    state = paths.state_dir()
+    state = config.state_dir()
     if isolation.on:
         _prepare_state(state)
         log.info("%s", isolation.describe())
     else:
         log.warning("%s", isolation.describe())
     # Before any code server opens the instance; and what every environment needs to open it.
-    ready = instance.prepare(where.instance_home, shared_with=service if isolation.on else None)
+    ready = instance.prepare(
+        where.instance_home,
+        shared_with=service if isolation.on else None,
+        database_url=config.database_url(),
+    )
     settings = config.Settings(
         code_dir=where.code_dir,
         workspace_path=where.workspace,
@@ -198,9 +202,9 @@ def _daemon(args: argparse.Namespace) -> None:
     from runner.dagster_side import daemon
     from runner.dagster_side.workspace import ensure_exists
 
-    where = paths.layout(args.share)
-    paths.ensure_instance_config(where)
-    paths.export_instance_env(where)
+    where = config.layout(args.share)
+    config.ensure_instance_config(where)
+    config.export_instance_env(where)
     ensure_exists(where.workspace)
     if config.roles_isolated():
         instance.share_new_sqlite_files()
@@ -223,7 +227,7 @@ def _webserver(args: argparse.Namespace) -> None:
 def _status(args: argparse.Namespace) -> int:
     from runner.service import status
 
-    where = paths.layout(args.share)
+    where = config.layout(args.share)
     path = where.dagster_home / status.STATUS_NAME
     snapshot = status.read(path)
     if snapshot is None:
@@ -245,7 +249,7 @@ def _lock(args: argparse.Namespace) -> int:
     from runner.service.lock import LockError, served_lock
 
     try:
-        text = served_lock(paths.layout(args.share), Path(args.file))
+        text = served_lock(config.layout(args.share), Path(args.file))
     except (LockError, OSError) as exc:
         print(f"runner lock: {exc}", file=sys.stderr)
         return 2
@@ -357,4 +361,5 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(options)}")
     name = args.command if args.command in ("daemon", "webserver") else "runner"
     setup_logging(args.log_level, name=name, fmt=args.log_format)
+    files.write_as(config.share_owner())  # the share's files: the service user's, as root
     sys.exit(args.func(args) or 0)
