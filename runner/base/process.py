@@ -264,6 +264,7 @@ def can_set_user() -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """A process ``pid`` is there on this host (someone else's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

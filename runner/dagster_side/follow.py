@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.base.files import write_if_changed
+from runner.base.process import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,9 @@ class Ack:
 
     def fresh(self, now: float | None = None) -> bool:
         """Written recently, by a process that is still there (where this host can tell)."""
-        if self.host == socket.gethostname() and not _alive(self.pid):
+        if self.host == socket.gethostname() and not pid_alive(self.pid):
             return False
         return ((now or time.time()) - self.heartbeat) < ACK_FRESH_FOR
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ack_path(workspace: Path, role: str = "daemon") -> Path:
