@@ -58,6 +58,16 @@ def reconcile(
     return steps
 
 
+def due(now: float, *times: float | None) -> bool:
+    """Whether any of ``times`` (a rescan, a file becoming stable, a retry) has come."""
+    return any(t is not None and now >= t for t in times)
+
+
+def next_retry(locations: Mapping[str, Location]) -> float | None:
+    """When the earliest retry of a location is due (a Reload's is due at once)."""
+    return transitions.next_retry(list(locations.values()))
+
+
 def act(
     action: Action,
     locations: Mapping[str, Location],

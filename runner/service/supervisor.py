@@ -27,7 +27,6 @@ from runner.dagster_side.workspace import Entry, Static
 from runner.envs import env as envs
 from runner.envs.builds import EnvDone
 from runner.lifecycle import reconcile
-from runner.lifecycle import transitions as lifecycle
 from runner.lifecycle.model import Location
 from runner.lifecycle.transitions import Count, Effect, KeepCopy, Provide, Retire, Say, Start, Step
 from runner.servers import last_good
@@ -128,11 +127,10 @@ class Supervisor:
         """One pass of the loop: observe, decide, carry out; then wait for a message until
         the next thing due (at most ``wait`` seconds, when given: tests drive it so)."""
         now = self.clock()
-        if now >= self._next_scan or (self._due is not None and now >= self._due) or self._rescan:
+        if self._rescan or reconcile.due(now, self._next_scan, self._due):
             self._due = self._scan(now)
             self._next_scan = now + self.pace.period
-        retry = lifecycle.next_retry(list(self.locations.values()))
-        if self._woken or (retry is not None and now >= retry):
+        if self._woken or reconcile.due(now, reconcile.next_retry(self.locations)):
             self._woken = False
             self._look_at_static()
             for step in reconcile.reconcile(
@@ -152,8 +150,8 @@ class Supervisor:
         self._publish()
         self.retirements.stop_due(self.publisher.published)
         self._report()
+        retry = reconcile.next_retry(self.locations)  # a Reload's too
         later = now + 1.0 if self.starts else None  # a start slot may free up
-        retry = lifecycle.next_retry(list(self.locations.values()))  # a Reload's
         wake_at = min(t for t in (self._next_scan, self._due, retry, later) if t is not None)
         timeout = max(0.0, wake_at - self.clock())
         self.inbox.drain(self._handle, timeout=timeout if wait is None else min(wait, timeout))
