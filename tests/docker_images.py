@@ -19,6 +19,7 @@ from tests.service import ROOT
 BASE = "dagster-code-runner-base:bookworm"
 IMAGE = "dagster-code-runner:test"
 POSTGRES_IMAGE = "dagster-code-runner-postgres:test"
+SERVER_IMAGE = "dagster-code-runner-server:test"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # a TLS-inspecting proxy's CA, if any
 
 
@@ -86,3 +87,10 @@ def build_postgres_image() -> str:
     context = ROOT / "tests" / "images" / "postgres"
     docker("build", "--build-arg", f"BASE={local_base()}", "-t", POSTGRES_IMAGE, str(context))
     return POSTGRES_IMAGE
+
+
+def build_server_image() -> str:
+    """A slim image for code servers in containers (see tests/images/server/Dockerfile)."""
+    context = ROOT / "tests" / "images" / "server"
+    docker("build", "--build-arg", f"BASE={local_base()}", "-t", SERVER_IMAGE, str(context))
+    return SERVER_IMAGE

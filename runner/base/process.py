@@ -196,6 +196,13 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_group(proc: Proc, sig: int) -> None:
+    signal_all = getattr(proc, "signal_all", None)
+    if signal_all is not None:  # a container: its engine signals all of it (never a host pid)
+        try:
+            signal_all(sig)
+        except ProcessLookupError:
+            pass
+        return
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:

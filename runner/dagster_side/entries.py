@@ -43,7 +43,7 @@ def entries(
             out.append(
                 Entry(
                     loc.name,
-                    host,
+                    getattr(current.server, "reach", None) or host,
                     current.server.port,
                     broken,
                     file,

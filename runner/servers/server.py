@@ -67,6 +67,9 @@ class CodeServer:
     start: str = "cold"
     #: Where its processes are, all of them (None: found by their variable and user).
     cgroup: Cgroup | None = None
+    #: Where the webserver and the daemon reach it, when its kind decides (a container's
+    #: name); None: the service's advertised host.
+    reach: str | None = None
     started: float = field(default_factory=time.monotonic)
     #: The OOM killer's count when it started: a SIGKILL is its doing only if it went up.
     oom_kills: int | None = field(default_factory=process.oom_kills)
@@ -83,6 +86,11 @@ class CodeServer:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def container(self) -> str | None:
+        """The container it runs in, when its kind runs servers in containers."""
+        return getattr(self.proc, "container", None)
 
     @property
     def where(self) -> str:
@@ -412,6 +420,7 @@ def start(
         socket=launched.address.socket,
         user=user,
         cgroup=cgroup,
+        reach=launched.address.host if launched.address.host != address.host else None,
     )
 
 

@@ -30,6 +30,7 @@ from runner.lifecycle.transitions import Step
 from runner.servers import last_good, warm
 from runner.servers import server as servers
 from runner.servers.cgroup import Cgroups
+from runner.servers.docker_servers import DockerOptions, DockerServers
 from runner.share.script import short_name
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class ServerOptions:
     trusted_indexes: frozenset[str] = frozenset()
     #: Where each location's runs keep their outputs, a folder each (locations as users).
     outputs: Path | None = None
+    #: Servers run in containers of their own on Docker (see :mod:`docker_servers`).
+    docker: DockerOptions | None = None
 
 
 class Starts:
@@ -130,10 +133,12 @@ class Starts:
         #: Whom each location runs as (None: every location runs as the runner).
         self.identities = identities if isolation is not None else None
         rights = warm.Rights(isolation.ids.template, isolation.ids.locations) if isolation else None
-        #: Templates wake the loop when they are ready (or end).
+        #: Where servers run when not as processes here: containers on Docker.
+        self.docker = DockerServers(options.docker) if options.docker else None
+        #: Templates wake the loop when they are ready (or end); a container starts cold.
         self.templates = (
             warm.Templates(options.inherited, changed=wake, rights=rights)
-            if options.warm_starts
+            if options.warm_starts and self.docker is None
             else None
         )
         self._lock_path = lock_path
@@ -245,7 +250,11 @@ class Starts:
             run_args = runs.server_args(name, gen.spec.metadata.run_limits, user=user)
             entry_point = container_runs.entry_point(env.python, env_file)
         launch = None
-        if self.templates is not None:
+        if self.docker is not None:
+            launch = functools.partial(
+                self.docker.launch, location=name, limits=gen.spec.metadata.server_limits
+            )
+        elif self.templates is not None:
             launch = functools.partial(
                 self.templates.launch, env.python, cold=self._no_rights(env) if user else None
             )
@@ -304,6 +313,11 @@ class Starts:
     def begin(self) -> None:
         """Once the runner holds the share: its cgroups made, what a killed runner left
         behind stopped."""
+        if self.docker is not None:  # each server is fenced by a container of its own
+            log.info("code servers run in Docker containers (image %s)", self.docker.options.image)
+            self.docker.remove_all(why="that a previous runner of this share left")
+            self.stop_leftovers()
+            return
         self.cgroups, how = Cgroups.create()
         if self.cgroups is not None:
             log.info("code servers run %s", how)
@@ -371,6 +385,8 @@ class Starts:
             for name in sorted(self._used):
                 if name in held:
                     stop_user(held[name], name=name)
+        if self.docker is not None:  # the last word: no container of the share stays
+            self.docker.remove_all(why="still there as the runner stopped")
         if self.cgroups is not None:  # the last word: nothing a server started stays
             left = self.cgroups.kill()
             if left:

@@ -106,6 +106,7 @@ def _serve(args: argparse.Namespace) -> None:
         warm_starts=args.starts == "warm",
         isolation=isolation,
         service=service,
+        docker=config.docker_servers(where.code_dir) if args.servers == "docker" else None,
     )
     from runner.isolation import tenancy
     from runner.servers import server
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     _setting(serve, "--starts", "RUNNER_STARTS", "warm", choices=("warm", "cold"),
              help="warm: fork code servers from a template per environment that has "
              "imported Dagster; cold: start each in a fresh interpreter")
+    _setting(serve, "--servers", "RUNNER_SERVERS", "local",
+             "where code servers run: processes here, containers on Docker, or Deployments "
+             "on Kubernetes", choices=("local", "docker", "k8s"))
     _setting(serve, "--watch", "RUNNER_WATCH", "auto",
              "file events plus rescans, or rescans only; auto polls on network file systems",
              choices=("auto", "events", "poll"))

@@ -25,6 +25,7 @@ from runner.dagster_side import container_runs as runs
 from runner.dagster_side.container_runs import ContainerRuns
 from runner.isolation import identity, trust
 from runner.isolation.identity import Isolation
+from runner.servers.docker_servers import DockerOptions
 from runner.servers.starts import ServerOptions
 from runner.share import limits, location_env
 
@@ -71,6 +72,8 @@ class Settings:
     isolation: Isolation | None = None
     #: The user and group of the webserver and the daemon (RUNNER_SERVICE_USER).
     service: tuple[int, int] = (0, 0)
+    #: Code servers in containers on Docker (RUNNER_SERVERS=docker); None: processes here.
+    docker: DockerOptions | None = None
 
     @property
     def isolated(self) -> bool:
@@ -111,6 +114,7 @@ class Settings:
             use_sockets=self.use_sockets,
             trusted_indexes=trust.service_indexes(os.environ),
             outputs=self.home / "storage" / "locations" if self.isolated else None,
+            docker=self.docker,
         )
 
 
@@ -323,5 +327,35 @@ def container_runs(
         kind,
         found.image or "from the run launcher's config",
         found.defaults.describe(),
+    )
+    return found
+
+
+#: The server image when neither RUNNER_SERVER_IMAGE nor RUNNER_RUN_IMAGE says: the
+#: project's own, as the README builds it.
+DEFAULT_SERVER_IMAGE = "dagster-code-runner"
+
+
+def docker_servers(share: Path, environ: Mapping[str, str] = os.environ) -> DockerOptions:
+    """Servers on Docker: ``RUNNER_SERVER_IMAGE`` and ``RUNNER_SERVER_NETWORK`` (default: the
+    runs' ``RUNNER_RUN_IMAGE`` and ``RUNNER_RUN_NETWORK``), ``RUNNER_SERVER_MEMORY`` and
+    ``RUNNER_SERVER_CPUS``; a bad setting stops the runner at once, with its name."""
+    try:
+        defaults = limits.service_defaults(environ, "server")
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+    found = DockerOptions(
+        image=environ.get("RUNNER_SERVER_IMAGE")
+        or environ.get("RUNNER_RUN_IMAGE")
+        or DEFAULT_SERVER_IMAGE,
+        share=str(share),
+        network=environ.get("RUNNER_SERVER_NETWORK") or environ.get("RUNNER_RUN_NETWORK") or None,
+        defaults=defaults,
+    )
+    log.info(
+        "code servers run in Docker containers of image %s on network %s (default limits: %s)",
+        found.image,
+        found.network or "bridge",
+        defaults.describe(),
     )
     return found

@@ -52,6 +52,7 @@ class FileStatus:
     port: int | None = None  # of the server the workspace points at
     socket: str | None = None  # ...or its Unix socket
     pid: int | None = None
+    container: str | None = None  # the container it runs in (RUNNER_SERVERS=docker)
     user: int | None = None  # the uid its server runs as (None: the runner's own)
     start: str | None = None  # how its server started: warm, cold, or "cold: why"
     serving: bool = False  # a version that loaded answers (perhaps the last good one)
@@ -113,6 +114,7 @@ def describe(
         env_path=str(env_path(gen.env.key)) if gen else None,
         port=server.port or None if server else None,
         pid=server.pid if server else None,
+        container=getattr(server, "container", None),
         socket=server.socket if server else None,
         user=server.user.uid if server and server.user else None,
         start=server.start if server else None,
@@ -186,6 +188,7 @@ def retiring_row(gen: Generation, *, env_path: Callable[[str], Path]) -> FileSta
         env_path=str(env_path(gen.env.key)),
         port=gen.server.port or None if gen.server else None,
         pid=gen.server.pid if gen.server else None,
+        container=getattr(gen.server, "container", None),
         socket=gen.server.socket if gen.server else None,
         user=gen.server.user.uid if gen.server and gen.server.user else None,
     )
@@ -294,7 +297,9 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
         return "\n".join(lines) + "\n"
     if data.get("isolation"):
         lines.append(f"isolation: {data['isolation']}")
-    header = ("LOCATION", "STATE", "SINCE", "PORT", "PID", "USER", "START", "ENV", "FILE")
+    contained = any(row.get("container") for row in files)
+    where = "CONTAINER" if contained else "PID"
+    header = ("LOCATION", "STATE", "SINCE", "PORT", where, "USER", "START", "ENV", "FILE")
     table = [header]
     for row in files:
         state = row["state"]
@@ -308,7 +313,7 @@ def render(snapshot: Snapshot, *, now: float | None = None) -> str:
                 state,
                 _ago(row.get("since"), now),
                 port,
-                str(row.get("pid") or "-"),
+                row.get("container") or str(row.get("pid") or "-"),
                 user,
                 (row.get("start") or "-").split(":")[0],
                 (row.get("env") or "-")[:12],

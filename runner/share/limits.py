@@ -1,15 +1,19 @@
-"""Memory and CPU limits for a location's runs: in its own PEP 723 block, with service defaults.
+"""Memory and CPU limits for a location's runs and its code server: in its own PEP 723 block,
+with service defaults.
 
     # /// script
     # dependencies = ["dagster"]
     # [tool.dagster-code-runner]
     # run-memory = "2g"
     # run-cpus = 1.5
+    # server-memory = "512m"
     # ///
 
-``RUNNER_RUN_MEMORY`` and ``RUNNER_RUN_CPUS`` set the defaults for files that say nothing.
-The container engine enforces them on each run's container (see :mod:`container_runs`);
-with the default launcher, runs are processes of their code server and have no limits.
+``RUNNER_RUN_MEMORY`` and ``RUNNER_RUN_CPUS`` (``RUNNER_SERVER_MEMORY``,
+``RUNNER_SERVER_CPUS``) set the defaults for files that say nothing. The container engine
+enforces them on each run's container (see :mod:`container_runs`) and on each server's
+container (``RUNNER_SERVERS=docker`` or ``k8s``); with the default launcher, runs are
+processes of their code server, and local servers have no limits.
 Memory is written as Docker writes it: a number of bytes, or with a unit b, k, m, g or t
 (powers of 1024, with or without ``i``/``b``: ``512m``, ``512MiB``, ``2G`` and ``2GB`` alike).
 """
@@ -25,6 +29,8 @@ from typing import Any
 #: The file's own table: ``[tool.dagster-code-runner]``.
 TOOL = "dagster-code-runner"
 MEMORY_KEY, CPUS_KEY = "run-memory", "run-cpus"
+SERVER_MEMORY_KEY, SERVER_CPUS_KEY = "server-memory", "server-cpus"
+_KEYS = (MEMORY_KEY, CPUS_KEY, SERVER_MEMORY_KEY, SERVER_CPUS_KEY)
 #: The smallest memory limit Docker accepts.
 MIN_MEMORY = 6 * 1024 * 1024
 
@@ -54,33 +60,35 @@ class RunLimits:
         return ", ".join(parts) or "none"
 
 
-def from_tool(tool: Mapping[str, Any]) -> RunLimits:
-    """The limits in a file's ``[tool]`` table; raises ``ValueError`` for its author."""
+def from_tool(tool: Mapping[str, Any], of: str = "run") -> RunLimits:
+    """The limits of its runs (``of="run"``) or its server (``"server"``) in a file's
+    ``[tool]`` table; raises ``ValueError`` for its author."""
     table = tool.get(TOOL, {})
     if not isinstance(table, Mapping):
         raise ValueError(f"[tool.{TOOL}] must be a table")
-    unknown = sorted(set(table) - {MEMORY_KEY, CPUS_KEY})
+    unknown = sorted(set(table) - set(_KEYS))
     if unknown:
         raise ValueError(
-            f"unknown key(s) in [tool.{TOOL}]: {', '.join(unknown)} "
-            f"(known: {MEMORY_KEY}, {CPUS_KEY})"
+            f"unknown key(s) in [tool.{TOOL}]: {', '.join(unknown)} (known: {', '.join(_KEYS)})"
         )
     where = f"[tool.{TOOL}] "
-    memory = table.get(MEMORY_KEY)
-    cpus = table.get(CPUS_KEY)
+    memory = table.get(f"{of}-memory")
+    cpus = table.get(f"{of}-cpus")
     return RunLimits(
-        memory=None if memory is None else parse_memory(memory, where + MEMORY_KEY),
-        cpus=None if cpus is None else parse_cpus(cpus, where + CPUS_KEY),
+        memory=None if memory is None else parse_memory(memory, f"{where}{of}-memory"),
+        cpus=None if cpus is None else parse_cpus(cpus, f"{where}{of}-cpus"),
     )
 
 
-def service_defaults(environ: Mapping[str, str]) -> RunLimits:
-    """``RUNNER_RUN_MEMORY`` and ``RUNNER_RUN_CPUS``; raises ``ValueError`` naming the one."""
-    memory = environ.get("RUNNER_RUN_MEMORY") or None
-    cpus = environ.get("RUNNER_RUN_CPUS") or None
+def service_defaults(environ: Mapping[str, str], of: str = "run") -> RunLimits:
+    """``RUNNER_RUN_MEMORY`` and ``RUNNER_RUN_CPUS`` (``of="server"``: ``RUNNER_SERVER_...``);
+    raises ``ValueError`` naming the one."""
+    names = f"RUNNER_{of.upper()}_MEMORY", f"RUNNER_{of.upper()}_CPUS"
+    memory = environ.get(names[0]) or None
+    cpus = environ.get(names[1]) or None
     return RunLimits(
-        memory=None if memory is None else parse_memory(memory, "RUNNER_RUN_MEMORY"),
-        cpus=None if cpus is None else parse_cpus(cpus, "RUNNER_RUN_CPUS"),
+        memory=None if memory is None else parse_memory(memory, names[0]),
+        cpus=None if cpus is None else parse_cpus(cpus, names[1]),
     )
 
 

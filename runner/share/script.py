@@ -51,6 +51,11 @@ class ScriptMetadata:
         """The memory and CPUs its runs may use, as its ``[tool.dagster-code-runner]`` says."""
         return limits.from_tool(self.tool)
 
+    @property
+    def server_limits(self) -> limits.RunLimits:
+        """The memory and CPUs its code server may use in a container (``server-memory``)."""
+        return limits.from_tool(self.tool, "server")
+
     def to_toml_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.requires_python is not None:
@@ -146,6 +151,7 @@ def _validate(data: dict[str, Any]) -> ScriptMetadata:
         raise MetadataError("'tool' must be a table")
     try:
         limits.from_tool(tool)
+        limits.from_tool(tool, "server")
     except ValueError as exc:
         raise MetadataError(str(exc)) from None
     return ScriptMetadata(dependencies=tuple(deps), requires_python=requires_python, tool=tool)
