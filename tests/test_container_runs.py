@@ -219,3 +219,63 @@ def test_an_oom_kill_is_reported_on_the_run_it_killed(tmp_path: Path, finished: 
         messages = [e.message for e in instance.all_logs(run.run_id)]
     [message] = [m for m in messages if "Out of memory" in m]
     assert "memory limit of 600 MiB" in message and "killed 1 of its processes" in message
+
+
+def test_a_server_container_binds_its_paths_and_is_fenced(tmp_path: Path) -> None:
+    from runner.servers import docker_servers
+    from runner.servers.docker_servers import DockerOptions
+    from runner.servers.server import Address, Request, Sidecar
+
+    venv = tmp_path / "envs" / "abc"
+    (venv / "bin").mkdir(parents=True)
+    base = tmp_path / "pythons" / "3.11"
+    (base / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {base / 'bin'}\n")
+    code, sidecar, work = tmp_path / "code", Sidecar(tmp_path / "servers" / "s1"), tmp_path / "w"
+    for folder in (code, sidecar.folder, work):
+        folder.mkdir(parents=True)
+    argv = [
+        str(venv / "bin" / "python"),
+        str(docker_servers.__file__),  # stands for the boot script: its folder is bound
+        "--python-file",
+        str(code / "sales.py"),
+        "--working-directory",
+        str(code),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "41234",
+        "--fixed-server-id",
+        "sales-0123456789ab",
+    ]
+    request = Request(argv, {"TOKEN": "t"}, work, Identity(20002, 20002), sidecar)
+    mounts = docker_servers.binds(request, str)
+    writable = {Path(b.target): b.writable for b in mounts}
+    assert writable == {
+        venv: False,
+        base: False,
+        Path(docker_servers.__file__).parent: False,
+        code: False,
+        sidecar.folder: True,
+        work: True,
+    }
+    options = DockerOptions(image="srv:1", share="/s", network="net", defaults=RunLimits(cpus=1))
+    kwargs = docker_servers.run_options(
+        request,
+        options=options,
+        location="sales",
+        limits=RunLimits(memory=256 * MIB),
+        mounts=mounts,
+    )
+    assert kwargs["user"] == "20002:20002" and kwargs["cap_drop"] == ["ALL"]
+    assert kwargs["read_only"] and "no-new-privileges" in kwargs["security_opt"]
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 256 * MIB
+    assert kwargs["nano_cpus"] == 1_000_000_000  # the service's default
+    assert kwargs["network"] == "net" and "restart_policy" not in kwargs
+    assert kwargs["labels"][container_runs.LOCATION_LABEL] == "sales"
+    command = kwargs["command"]
+    assert command[command.index("--port") + 1] == str(docker_servers.PORT)
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    # On a socket, it listens where the runner asked (its folder is bound).
+    on_socket = Request(argv, {}, work, None, sidecar, address=Address("x", 0, "/s/grpc.sock"))
+    assert docker_servers.listening(on_socket.argv, on_socket.address) == (argv, False)

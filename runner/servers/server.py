@@ -357,19 +357,14 @@ def start(
     listen = ["--socket", str(sidecar.socket)] if use_socket else tcp
     argv = [
         str(python),
-        str(BOOT),
-        "--python-file",
-        str(file),
-        "--working-directory",
-        str(folder or file.parent),
-        *listen,
-        "--location-name",
-        location,
-        "--lazy-load-user-code",
-        "--fixed-server-id",
-        server_id,
-        "--log-format",
-        log_format,
+        *boot_args(
+            file=file,
+            folder=folder or file.parent,
+            listen=listen,
+            location=location,
+            server_id=server_id,
+            log_format=log_format,
+        ),
         *run_args,
     ]
     own = (
@@ -422,6 +417,34 @@ def start(
         cgroup=cgroup,
         reach=launched.address.host if launched.address.host != address.host else None,
     )
+
+
+def boot_args(
+    *,
+    file: Path,
+    folder: Path,
+    listen: Sequence[str],
+    location: str,
+    server_id: str,
+    log_format: str,
+) -> list[str]:
+    """What a location's interpreter runs to serve ``file``: the boot script and its options
+    (``listen``: ``--socket PATH``, or ``--host H --port P``)."""
+    return [
+        str(BOOT),
+        "--python-file",
+        str(file),
+        "--working-directory",
+        str(folder),
+        *listen,
+        "--location-name",
+        location,
+        "--lazy-load-user-code",
+        "--fixed-server-id",
+        server_id,
+        "--log-format",
+        log_format,
+    ]
 
 
 def _folders(

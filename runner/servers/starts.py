@@ -31,7 +31,8 @@ from runner.servers import last_good, warm
 from runner.servers import server as servers
 from runner.servers.cgroup import Cgroups
 from runner.servers.docker_servers import DockerOptions, DockerServers
-from runner.share.script import short_name
+from runner.servers.k8s_servers import K8sOptions, K8sServers
+from runner.share.script import render_block, short_name
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class ServerOptions:
     outputs: Path | None = None
     #: Servers run in containers of their own on Docker (see :mod:`docker_servers`).
     docker: DockerOptions | None = None
+    #: Servers run as Deployments on Kubernetes (see :mod:`k8s_servers`).
+    k8s: K8sOptions | None = None
 
 
 class Starts:
@@ -135,10 +138,12 @@ class Starts:
         rights = warm.Rights(isolation.ids.template, isolation.ids.locations) if isolation else None
         #: Where servers run when not as processes here: containers on Docker.
         self.docker = DockerServers(options.docker) if options.docker else None
+        self.k8s = K8sServers(options.k8s) if options.k8s else None
+        self._deployed: set[str] = set()  # locations with objects on the cluster
         #: Templates wake the loop when they are ready (or end); a container starts cold.
         self.templates = (
             warm.Templates(options.inherited, changed=wake, rights=rights)
-            if options.warm_starts and self.docker is None
+            if options.warm_starts and self.docker is None and self.k8s is None
             else None
         )
         self._lock_path = lock_path
@@ -250,7 +255,17 @@ class Starts:
             run_args = runs.server_args(name, gen.spec.metadata.run_limits, user=user)
             entry_point = container_runs.entry_point(env.python, env_file)
         launch = None
-        if self.docker is not None:
+        if self.k8s is not None:
+            lock = self._lock_path(env.key) if self._lock_path else None
+            launch = functools.partial(
+                self.k8s.launch,
+                location=name,
+                limits=gen.spec.metadata.server_limits,
+                env_script=render_block(gen.env.metadata),
+                env_lock=gen.env.lock or (lock.read_text() if lock and lock.exists() else ""),
+            )
+            self._deployed.add(name)
+        elif self.docker is not None:
             launch = functools.partial(
                 self.docker.launch, location=name, limits=gen.spec.metadata.server_limits
             )
@@ -301,6 +316,10 @@ class Starts:
         """Give back the ids of locations this runner served that have no server left
         (``busy``: names that still have one): what their users still run is stopped, their
         scratch folders and run settings removed."""
+        if self.k8s is not None:  # a location gone: its Secret and NetworkPolicy too
+            for name in sorted(self._deployed - busy):
+                self._deployed.discard(name)
+                self._pool.submit(self.k8s.delete_location, name)
         if self.identities is None:
             return
         for name in sorted(self._used - busy):
@@ -313,6 +332,10 @@ class Starts:
     def begin(self) -> None:
         """Once the runner holds the share: its cgroups made, what a killed runner left
         behind stopped."""
+        if self.k8s is not None:
+            log.info("code servers run as Deployments in namespace %s", self.k8s.options.namespace)
+            self.k8s.remove_all(why="that a previous runner of this share applied")
+            return
         if self.docker is not None:  # each server is fenced by a container of its own
             log.info("code servers run in Docker containers (image %s)", self.docker.options.image)
             self.docker.remove_all(why="that a previous runner of this share left")
@@ -385,6 +408,8 @@ class Starts:
             for name in sorted(self._used):
                 if name in held:
                     stop_user(held[name], name=name)
+        if self.k8s is not None:  # the last word: nothing of the share stays on the cluster
+            self.k8s.remove_all(why="still there as the runner stopped")
         if self.docker is not None:  # the last word: no container of the share stays
             self.docker.remove_all(why="still there as the runner stopped")
         if self.cgroups is not None:  # the last word: nothing a server started stays

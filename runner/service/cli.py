@@ -107,6 +107,9 @@ def _serve(args: argparse.Namespace) -> None:
         isolation=isolation,
         service=service,
         docker=config.docker_servers(where.code_dir) if args.servers == "docker" else None,
+        k8s=config.k8s_servers(where.code_dir, where.code_dir.parent)
+        if args.servers == "k8s"
+        else None,
     )
     from runner.isolation import tenancy
     from runner.servers import server
@@ -261,6 +264,29 @@ def _lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifests(args: argparse.Namespace) -> int:
+    from runner.service.manifests import ManifestError, render
+    from runner.share import location_env
+
+    where = config.layout(args.share)
+    options = config.k8s_servers(where.code_dir, where.code_dir.parent)
+    also = [*location_env.instance_variables(where.instance_home / "dagster.yaml")]
+    try:
+        text = render(
+            where,
+            [Path(f) for f in args.files],
+            options,
+            state_dir=config.state_dir(),
+            settings=location_env.SettingsFiles([(where.code_dir, where.code_dir.name)]),
+            inherited=sorted(location_env.inherited(os.environ, also=also)),
+        )
+    except (ManifestError, OSError) as exc:
+        print(f"runner manifests: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
 def _setting(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -357,6 +383,15 @@ def main(argv: list[str] | None = None) -> None:
     lock.add_argument("--share", help="folder holding code_location/ and dagster_home/")
     lock.add_argument("-o", "--output", help="write it here instead of to stdout")
     lock.set_defaults(func=_lock)
+
+    manifests = sub.add_parser(
+        "manifests",
+        help="print, as YAML, what RUNNER_SERVERS=k8s would apply for FILEs (all when none), "
+        "Secrets without their values: for GitOps",
+    )
+    manifests.add_argument("files", nargs="*", help="locations' files, in code_location/")
+    manifests.add_argument("--share", help="folder holding code_location/ and dagster_home/")
+    manifests.set_defaults(func=_manifests)
 
     args, options = parser.parse_known_args(argv)
     if args.command == "webserver":

@@ -26,6 +26,7 @@ from runner.dagster_side.container_runs import ContainerRuns
 from runner.isolation import identity, trust
 from runner.isolation.identity import Isolation
 from runner.servers.docker_servers import DockerOptions
+from runner.servers.k8s_servers import K8sOptions
 from runner.servers.starts import ServerOptions
 from runner.share import limits, location_env
 
@@ -74,6 +75,8 @@ class Settings:
     service: tuple[int, int] = (0, 0)
     #: Code servers in containers on Docker (RUNNER_SERVERS=docker); None: processes here.
     docker: DockerOptions | None = None
+    #: Code servers as Deployments on Kubernetes (RUNNER_SERVERS=k8s).
+    k8s: K8sOptions | None = None
 
     @property
     def isolated(self) -> bool:
@@ -83,7 +86,12 @@ class Settings:
     def use_sockets(self) -> bool:
         """Servers listen on Unix sockets, reachable by the service's roles only, when
         locations run as users of their own and every role is on this machine."""
-        return self.isolated and self.advertise_host is None and self.host in LOOPBACK
+        return (
+            self.isolated
+            and self.advertise_host is None
+            and self.host in LOOPBACK
+            and self.k8s is None  # a pod is reached through its Service
+        )
 
     @property
     def home(self) -> Path:
@@ -115,6 +123,7 @@ class Settings:
             trusted_indexes=trust.service_indexes(os.environ),
             outputs=self.home / "storage" / "locations" if self.isolated else None,
             docker=self.docker,
+            k8s=self.k8s,
         )
 
 
@@ -336,6 +345,14 @@ def container_runs(
 DEFAULT_SERVER_IMAGE = "dagster-code-runner"
 
 
+def _server_image(environ: Mapping[str, str]) -> str:
+    return (
+        environ.get("RUNNER_SERVER_IMAGE")
+        or environ.get("RUNNER_RUN_IMAGE")
+        or DEFAULT_SERVER_IMAGE
+    )
+
+
 def docker_servers(share: Path, environ: Mapping[str, str] = os.environ) -> DockerOptions:
     """Servers on Docker: ``RUNNER_SERVER_IMAGE`` and ``RUNNER_SERVER_NETWORK`` (default: the
     runs' ``RUNNER_RUN_IMAGE`` and ``RUNNER_RUN_NETWORK``), ``RUNNER_SERVER_MEMORY`` and
@@ -345,9 +362,7 @@ def docker_servers(share: Path, environ: Mapping[str, str] = os.environ) -> Dock
     except ValueError as exc:
         raise SystemExit(f"runner: {exc}") from None
     found = DockerOptions(
-        image=environ.get("RUNNER_SERVER_IMAGE")
-        or environ.get("RUNNER_RUN_IMAGE")
-        or DEFAULT_SERVER_IMAGE,
+        image=_server_image(environ),
         share=str(share),
         network=environ.get("RUNNER_SERVER_NETWORK") or environ.get("RUNNER_RUN_NETWORK") or None,
         defaults=defaults,
@@ -356,6 +371,53 @@ def docker_servers(share: Path, environ: Mapping[str, str] = os.environ) -> Dock
         "code servers run in Docker containers of image %s on network %s (default limits: %s)",
         found.image,
         found.network or "bridge",
+        defaults.describe(),
+    )
+    return found
+
+
+#: Where a pod finds its own namespace.
+POD_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def k8s_servers(
+    share: Path, share_root: Path, environ: Mapping[str, str] = os.environ
+) -> K8sOptions:
+    """Servers on Kubernetes: ``RUNNER_K8S_NAMESPACE`` (default: the runner's pod's),
+    ``RUNNER_K8S_SHARE_CLAIM`` (the share's claim, mounted at ``share_root``, the path the
+    runner sees the share at), ``RUNNER_K8S_CACHE_CLAIM`` (the shared uv cache),
+    ``RUNNER_K8S_SERVICE_ACCOUNT``, ``RUNNER_SERVER_IMAGE`` and the server limits."""
+    try:
+        defaults = limits.service_defaults(environ, "server")
+    except ValueError as exc:
+        raise SystemExit(f"runner: {exc}") from None
+    missing = [
+        n for n in ("RUNNER_K8S_SHARE_CLAIM", "RUNNER_K8S_CACHE_CLAIM") if not environ.get(n)
+    ]
+    if missing:
+        raise SystemExit(
+            f"runner: RUNNER_SERVERS=k8s needs {' and '.join(missing)}: the volume claims of "
+            "the share and of the uv cache the servers' pods mount (docs/deploy.md)"
+        )
+    try:
+        own = POD_NAMESPACE.read_text().strip()
+    except OSError:
+        own = ""
+    found = K8sOptions(
+        namespace=environ.get("RUNNER_K8S_NAMESPACE") or own or "default",
+        image=_server_image(environ),
+        share=str(share),
+        share_claim=environ["RUNNER_K8S_SHARE_CLAIM"],
+        share_path=str(share_root),
+        cache_claim=environ["RUNNER_K8S_CACHE_CLAIM"],
+        service_account=environ.get("RUNNER_K8S_SERVICE_ACCOUNT") or None,
+        defaults=defaults,
+        kubeconfig=environ.get("KUBECONFIG") or None,
+    )
+    log.info(
+        "code servers run as Deployments in namespace %s, image %s (default limits: %s)",
+        found.namespace,
+        found.image,
         defaults.describe(),
     )
     return found
