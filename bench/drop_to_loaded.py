@@ -1,6 +1,7 @@
 """Drop-to-loaded latency of the runner, next to a bare ``dagster api grpc`` start.
 
     uv run bench/drop_to_loaded.py [--files N] [--modes warm/user,warm/none,cold/user,cold/none]
+    uv run bench/drop_to_loaded.py --modes warm/user,cold/user,docker/user   # containers too
 
 Starts the whole service (webserver, daemon, runner) on a temporary share, warms the uv cache
 and one environment, then drops files one at a time and times each from the moment the file
@@ -11,7 +12,9 @@ The baseline, in the same run and environment: a bare ``dagster api grpc`` proce
 spawn to answering a ping (and to having loaded the file), and the same started through the
 runner's boot script (its Reload and dropped-definitions hooks). Each mode is measured on a
 service of its own: how servers start (warm: forked from a template; cold) and who locations
-run as (user: a user of their own, as root; none: the runner's user, RUNNER_ISOLATION=none).
+run as (user: a user of their own, as root; none: the runner's user, RUNNER_ISOLATION=none);
+``docker`` runs every server in a container of its own (RUNNER_SERVERS=docker, cold starts),
+from the tests' slim server image (built once, on the local Docker engine).
 Also prints the memory (PSS, RSS) of one location's server at rest.
 """
 
@@ -28,6 +31,7 @@ from typing import Any
 import psutil
 from common import bare_start, env_python, script
 
+from tests import docker_images
 from tests.service import Service, drop, wait_for
 
 
@@ -50,12 +54,14 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
     share = root / f"share-{starts}-{isolation}{'' if files else '-prebuild'}"
     share.mkdir()
     share.chmod(0o755)
-    service = Service(
-        share,
-        root / "state",
-        log=share.with_suffix(".log"),
-        env={"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation},
-    )
+    env = {"RUNNER_STARTS": starts, "RUNNER_ISOLATION": isolation}
+    if starts == "docker":
+        env.update(
+            RUNNER_STARTS="cold",
+            RUNNER_SERVERS="docker",
+            RUNNER_SERVER_IMAGE=docker_images.build_server_image(),
+        )
+    service = Service(share, root / "state", log=share.with_suffix(".log"), env=env)
     try:
         wait_for("the webserver", lambda: service.locations() is not None, timeout=120)
         code = service.code_dir
@@ -76,6 +82,8 @@ def measure(root: Path, mode: str, files: int) -> dict[str, Any]:
         serving = r"serving same_\d+ on (?:port \d+|socket \S+) \(pid (\d+)\)"
         pids = [int(p) for p in re.findall(serving, log)]
         time.sleep(2)  # at rest
+        if starts == "docker":  # the container's init: its child is the server
+            pids = [psutil.Process(pid).children()[0].pid for pid in pids]
         memory = [psutil.Process(pid).memory_full_info() for pid in pids]
         python = env_python(pids[0])
     finally:

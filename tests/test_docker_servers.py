@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from runner.dagster_side.container_runs import LOCATION_LABEL
+from runner.servers import docker_servers
 from runner.servers.docker_servers import ROLE_LABEL, SHARE_LABEL
 from tests import docker_images
 from tests.conftest import passable
@@ -243,3 +244,23 @@ def test_a_runner_restart_leaks_no_container(
 
 def _limit(memory: str) -> str:
     return f'# [tool.dagster-code-runner]\n# server-memory = "{memory}"\n'
+
+
+def test_without_isolation_a_server_listens_on_its_containers_port(
+    state_dir: Path, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No socket folder fences it then: it is reached on port 4000 of its container."""
+    (tmp_path / "share").mkdir()
+    share = passable(tmp_path / "share")
+    env = {**service_env, "RUNNER_ISOLATION": "none"}
+    with running(share, state_dir, tmp_path / "tcp.log", env=env) as svc:
+        drop(svc.code_dir / "plain.py", asset_file(["plain"]))
+        svc.wait_loaded("plain", timeout=START)
+        row = svc.status_rows()["plain.py"]
+        assert row["socket"] is None and row["port"] == docker_servers.PORT, row
+        workspace = (share / "dagster_home" / "workspace.yaml").read_text()
+        [inspected] = containers_of(share)
+        address = inspected["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+        assert f"host: {address}" in workspace, workspace
+        assert inspected["HostConfig"]["PortBindings"] in ({}, None)  # never on the host
+    assert containers_of(share) == []

@@ -88,7 +88,19 @@ def render(
             limits=metadata.server_limits,
         )
         docs += k8s_servers.manifests(server, options, secret_values=False)
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (a lock, the metadata) as literal blocks, readable in a review."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
 
 
 def _lock(block: str, kept: Path, key: str) -> str:
