@@ -27,6 +27,7 @@ ENV RUNNER_SERVICE_USER=dagster \
     PATH=/app/.venv/bin:$PATH \
     UV_CACHE_DIR=/var/cache/uv \
     UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
@@ -35,7 +36,9 @@ ENV RUNNER_SERVICE_USER=dagster \
     DAGSTER_WEBSERVER_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 
-# Dependencies first (a cached layer), then the code.
+# Dependencies first (a cached layer), then the code. Bytecode is compiled here: the roles
+# run as other users, who cannot write __pycache__ into /app, and each imports Dagster at
+# every start (about 2 s of CPU each from bytecode, twice that from source).
 COPY pyproject.toml uv.lock ./
 RUN if [ -f /run/host-ca.crt ]; then export SSL_CERT_FILE=/run/host-ca.crt PIP_CERT=/run/host-ca.crt; fi \
  && python3 -m venv /app/.venv \

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(
         os.environ.get("RUNNER_LOG_LEVEL", "INFO"), name="entrypoint", fmt=args.log_format
     )
+    process.raise_open_file_limit()  # the roles inherit it: a gRPC channel per location each
     where = config.layout(args.share)
     where.code_dir.mkdir(parents=True, exist_ok=True)
     where.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = config.service_user() if isolation.on else None
     try:
         # Waits, retrying, for a database that is down.
-        instance.prepare(
+        ready = instance.prepare(
             where.instance_home, shared_with=shared, database_url=config.database_url()
         )
     except KeyboardInterrupt:
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     env["RUNNER_SHARE"] = str(where.share)
     env.setdefault("DAGSTER_WEBSERVER_URL", webserver_url(args))
     env["PYTHONUNBUFFERED"] = "1"
+    env[instance.READY_ENV] = instance.hand_over(where.instance_home, ready, config.database_url())
     env["RUNNER_LOG_FORMAT"] = args.log_format
     if isolation.on:  # the webserver and the daemon act on it too
         env["RUNNER_ISOLATION"] = "user"

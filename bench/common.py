@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import psutil
@@ -147,3 +153,92 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object of the figures on stdout (the table goes to stderr)",
+    )
+
+
+@contextmanager
+def report(args: argparse.Namespace) -> Iterator[dict]:
+    """Where a bench prints its table and fills in its figures: with ``--json`` the table
+    goes to stderr and the figures, with the machine and the isolation they ran with, are
+    printed as one JSON object on stdout."""
+    figures: dict = {}
+    if not getattr(args, "json", False):
+        yield figures
+        return
+    with redirect_stdout(sys.stderr):
+        yield figures
+    figures.setdefault("isolation", isolation())
+    figures.setdefault("machine", machine())
+    print(json.dumps(figures))
+
+
+def isolation() -> str:
+    """What the service decides here: as root, every location runs as a user of its own."""
+    from runner.service import config
+
+    return config.isolation().describe()
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({model or platform.machine()}), "
+        f"{psutil.virtual_memory().total / 1024**3:.1f} GiB, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, "
+        f"Dagster {version('dagster')}, uv {version('uv')}"
+    )
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def is_template(cmd: str) -> bool:
+    return cmd.startswith("dagster-code-runner: template")
+
+
+def is_runner_server(cmd: str) -> bool:
+    """A server the runner started, cold or forked (its title says so)."""
+    return cmd.startswith("dagster-code-runner: server") or "boot/codeserver.py" in cmd
+
+
+def by_role(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> dict[str, list]:
+    """The service's processes by role; templates count with the servers they fork, a run's
+    worker with the runner that started it."""
+    roles: dict[str, list[psutil.Process]] = {
+        "servers": [],
+        "webserver": [],
+        "daemon": [],
+        "runner": [],
+        "entrypoint": [],
+    }
+    for proc in procs:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if is_template(cmd) or is_server(cmd):
+            roles["servers"].append(proc)
+        elif "dagster_webserver" in cmd or "runner webserver" in cmd:
+            roles["webserver"].append(proc)
+        elif "daemon" in cmd:
+            roles["daemon"].append(proc)
+        elif "entrypoint.py" in cmd:
+            roles["entrypoint"].append(proc)
+        else:
+            roles["runner"].append(proc)
+    return roles

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import signal
@@ -34,12 +33,26 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import psutil
 import yaml
-from common import MIB, PeakMemory, cpu_seconds, env_python, pss, tree
+from common import (
+    MIB,
+    PeakMemory,
+    by_role,
+    cpu_seconds,
+    env_python,
+    is_runner_server,
+    is_template,
+    isolation,
+    json_option,
+    machine,
+    median,
+    pss,
+    report,
+    tree,
+)
 from dagster import deserialize_value
 
 from runner.base import process
@@ -130,43 +143,23 @@ class AtRest:
     templates: int  # of which warm-start templates (one per environment)
 
 
-def is_template(cmd: str) -> bool:
-    return cmd.startswith("dagster-code-runner: template")
-
-
-def is_runner_server(cmd: str) -> bool:
-    """A server the runner started, cold or forked (its title says so)."""
-    return cmd.startswith("dagster-code-runner: server") or "boot/codeserver.py" in cmd
-
-
 def at_rest(procs: list[psutil.Process], is_server: Callable[[str], bool]) -> AtRest:
     """Memory by role: the templates and the servers they fork count as the locations'
     servers."""
-    groups: dict[str, list[psutil.Process]] = {"server": [], "web": [], "daemon": [], "run": []}
+    roles = by_role(procs, is_server)
     templates = 0
-    for proc in procs:
+    for proc in roles["servers"]:
         try:
-            cmd = " ".join(proc.cmdline())
+            templates += is_template(" ".join(proc.cmdline()))
         except psutil.NoSuchProcess:
-            continue
-        if is_template(cmd):
-            groups["server"].append(proc)
-            templates += 1
-        elif is_server(cmd):
-            groups["server"].append(proc)
-        elif "dagster_webserver" in cmd or "runner webserver" in cmd:
-            groups["web"].append(proc)
-        elif "daemon" in cmd:
-            groups["daemon"].append(proc)
-        else:
-            groups["run"].append(proc)  # the runner and the entrypoint
+            pass
     return AtRest(
-        servers=pss(groups["server"]),
-        webserver=pss(groups["web"]),
-        daemon=pss(groups["daemon"]),
-        runner=pss(groups["run"]),
+        servers=pss(roles["servers"]),
+        webserver=pss(roles["webserver"]),
+        daemon=pss(roles["daemon"]),
+        runner=pss(roles["runner"] + roles["entrypoint"]),
         total=pss(procs),
-        server_count=len(groups["server"]),
+        server_count=len(roles["servers"]),
         templates=templates,
     )
 
@@ -217,6 +210,8 @@ class RunnerResult:
     idle_service: float
     idle_runner_big_share: float
     idle_service_big_share: float
+    idle_roles: dict[str, float]  # % of one core by role, with the big share
+    cold_files: int  # files the RUNNER_STARTS=cold restart served
     pythons: dict[str, Path]  # file -> the environment's python that served it
 
 
@@ -283,12 +278,23 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
             (folder / f"module_{i}.py").write_text(f"VALUE = {i}\n")
         time.sleep(15)  # admitted: stable, read once
         print(f"  runner: idle with {args.share_files} more files", file=sys.stderr)
-        big_runner, big_service = idle_cpu([runner], tree([entry]), seconds=args.idle)
+        procs = tree([entry])
+        roles = by_role(procs, is_runner_server)
+        names = list(roles)
+        big_runner, big_service, *per_role = idle_cpu(
+            [runner], procs, *(roles[r] for r in names), seconds=args.idle
+        )
+        idle_roles = dict(zip(names, per_role, strict=True))
     finally:
         service.stop(signal.SIGTERM, timeout=60)
-    for path in code.glob("dropped_*.py"):  # the same 50 files as before
+    for path in code.glob("dropped_*.py"):  # the same files as before
         path.unlink()
-    restart_cold, service = _start(share, root, "runner-restart-cold", set(files), cold=True)
+    # Cold servers take twice the memory: as many as fit in half of what is free now.
+    cold_files = min(len(files), args.cold_files or len(files))
+    for name in list(files)[cold_files:]:
+        (code / f"{name}.py").unlink()
+    kept = set(list(files)[:cold_files])
+    restart_cold, service = _start(share, root, "runner-restart-cold", kept, cold=True)
     service.stop(signal.SIGTERM, timeout=60)
     return RunnerResult(
         cold,
@@ -303,6 +309,8 @@ def bench_runner(root: Path, files: dict[str, str], args: argparse.Namespace) ->
         idle_service,
         big_runner,
         big_service,
+        idle_roles,
+        cold_files,
         pythons,
     )
 
@@ -441,23 +449,6 @@ def bench_baseline(
 # --- report -------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores ({model or platform.machine()}), "
-        f"{psutil.virtual_memory().total / 1024**3:.1f} GiB, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, "
-        f"Dagster {version('dagster')}, uv {version('uv')}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=50)
@@ -465,93 +456,174 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60, help="seconds per idle-CPU window")
     parser.add_argument("--share-files", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=5, help="drops and edits to time")
+    parser.add_argument(
+        "--runner-only",
+        action="store_true",
+        help="no hand-made baseline (it would not fit beyond ~100 files); the baseline is "
+        "the runner's restart with RUNNER_STARTS=cold",
+    )
+    parser.add_argument(
+        "--cold-files",
+        type=int,
+        default=None,
+        help="files the RUNNER_STARTS=cold restart serves (default: all, at most 100: a "
+        "cold server takes twice the memory of a forked one)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    json_option(parser)
     args = parser.parse_args()
     assert 1 <= args.sets <= len(EXTRAS) + 1
+    if args.cold_files is None:
+        args.cold_files = min(args.files, 100)
 
     sets = dependency_sets(args.sets)
     files = {f"loc_{i:03d}": pipeline(i, sets[i % args.sets]) for i in range(args.files)}
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     root.chmod(0o711)  # locations' users pass through to their environments and files
+    base: BaselineResult | None = None
     try:
         print(f"warming the uv cache ({args.sets} dependency sets)", file=sys.stderr)
         warm = warm_uv_cache(root, [pipeline(i, s) for i, s in enumerate(sets)])
         print("runner ...", file=sys.stderr)
         ours = bench_runner(root, files, args)
-        print("code-server start ...", file=sys.stderr)
-        base = bench_baseline(root, {n: ours.pythons[n] for n in files}, args)
+        if not args.runner_only:
+            print("code-server start ...", file=sys.stderr)
+            base = bench_baseline(root, {n: ours.pythons[n] for n in files}, args)
     finally:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+    with report(args) as figures:
+        print_table(args, warm, ours, base)
+        figures.update(figures_of(args, ours, base))
 
+
+def figures_of(
+    args: argparse.Namespace, ours: RunnerResult, base: BaselineResult | None
+) -> dict[str, object]:
+    n, mib = args.files, lambda b: round(b / MIB, 1)
+    figures: dict[str, object] = {
+        "files": n,
+        "loaded": n,  # every start above waited for all of them LOADED, or failed
+        "start_to_loaded_s": round(ours.restart.all, 2),
+        "service_mib": mib(ours.rest.total),
+        "pss_mib_per_location": mib(ours.rest.servers / n),
+        "idle_cpu_pct": round(ours.idle_runner_big_share, 2),
+        "drop_to_loaded_s": median(ours.drop),
+        "edit_to_visible_s": median(ours.edit),
+        "sets": args.sets,
+        "share_files": args.share_files,
+        "first_start_to_loaded_s": round(ours.cold.all, 2),  # environments built first
+        "start_to_first_loaded_s": round(ours.restart.first, 2),
+        "peak_service_mib": mib(max(ours.cold.peak_pss, ours.restart.peak_pss)),
+        "rest_mib": {
+            "servers": mib(ours.rest.servers),
+            "webserver": mib(ours.rest.webserver),
+            "daemon": mib(ours.rest.daemon),
+            "runner_and_entrypoint": mib(ours.rest.runner),
+        },
+        "processes": ours.rest.server_count,
+        "templates": ours.rest.templates,
+        "idle_cpu_pct_locations_only": round(ours.idle_runner, 2),
+        "idle_cpu_pct_by_role": {r: round(v, 2) for r, v in ours.idle_roles.items()},
+        "idle_cpu_pct_service": round(ours.idle_service_big_share, 2),
+        "baseline": {
+            "what": "the runner's restart with RUNNER_STARTS=cold",
+            "files": ours.cold_files,
+            "start_to_loaded_s": round(ours.restart_cold.all, 2),
+        },
+    }
+    if base is not None:
+        figures["baseline_code_server_start"] = {
+            "files": n,
+            "start_to_loaded_s": round(base.startup.all, 2),
+            "service_mib": mib(base.rest.total),
+            "pss_mib_per_location": mib(base.rest.servers / n),
+            "idle_cpu_pct_service": round(base.idle_service, 2),
+        }
+    return figures
+
+
+def print_table(
+    args: argparse.Namespace, warm: float, ours: RunnerResult, base: BaselineResult | None
+) -> None:
     n = args.files
     print(f"{n} files, {args.sets} dependency sets; {machine()}")
+    print(f"isolation: {isolation()}")
     print(
         f"(uv cache warmed in {warm:.0f}s; the runner then builds its {args.sets} "
-        "environments from it, the baseline reuses them)"
+        "environments from it" + (", the baseline reuses them)" if base else ")")
     )
-    print(f"  {'':<52}{'runner':>12}{'code-server':>14}")
+    print(f"  {'':<52}{'runner':>12}{'code-server' if base else '':>14}")
 
     def line(label: str, ours_value: str, base_value: str = "") -> None:
-        print(f"  {label:<52}{ours_value:>12}{base_value:>14}")
+        print(f"  {label:<52}{ours_value:>12}{base_value if base else '':>14}")
+
+    def b(value: Callable[[BaselineResult], str]) -> str:
+        return value(base) if base else ""
 
     line("cold start (envs built first) -> first LOADED", f"{ours.cold.first:.1f} s")
     line(f"cold start (envs built first) -> all {n} LOADED", f"{ours.cold.all:.1f} s")
     line(
         "start, envs built -> first location LOADED",
         f"{ours.restart.first:.1f} s",
-        f"{base.startup.first:.1f} s",
+        b(lambda x: f"{x.startup.first:.1f} s"),
     )
     line(
         f"start, envs built -> all {n} LOADED",
         f"{ours.restart.all:.1f} s",
-        f"{base.startup.all:.1f} s",
+        b(lambda x: f"{x.startup.all:.1f} s"),
     )
-    line("  the same, RUNNER_STARTS=cold: first LOADED", f"{ours.restart_cold.first:.1f} s")
-    line(f"  the same, RUNNER_STARTS=cold: all {n} LOADED", f"{ours.restart_cold.all:.1f} s")
+    c = ours.cold_files
+    line(f"  the same, RUNNER_STARTS=cold, {c} files: first", f"{ours.restart_cold.first:.1f} s")
+    line(f"  the same, RUNNER_STARTS=cold, {c} files: all", f"{ours.restart_cold.all:.1f} s")
     peak = max(ours.cold.peak_pss, ours.restart.peak_pss)
     line(
         "peak memory of the whole service (PSS)",
         f"{peak / MIB:.0f} MiB",
-        f"{base.startup.peak_pss / MIB:.0f} MiB",
+        b(lambda x: f"{x.startup.peak_pss / MIB:.0f} MiB"),
     )
     line(
         "at rest, whole service (PSS)",
         f"{ours.rest.total / MIB:.0f} MiB",
-        f"{base.rest.total / MIB:.0f} MiB",
+        b(lambda x: f"{x.rest.total / MIB:.0f} MiB"),
     )
     line(
         "at rest, per location: its server(s)",
         f"{ours.rest.servers / n / MIB:.1f} MiB",
-        f"{base.rest.servers / n / MIB:.1f} MiB",
+        b(lambda x: f"{x.rest.servers / n / MIB:.1f} MiB"),
     )
     line(
         "at rest, per location: whole service / locations",
         f"{ours.rest.total / n / MIB:.1f} MiB",
-        f"{base.rest.total / n / MIB:.1f} MiB",
+        b(lambda x: f"{x.rest.total / n / MIB:.1f} MiB"),
     )
     line(
         "at rest: webserver",
         f"{ours.rest.webserver / MIB:.0f} MiB",
-        f"{base.rest.webserver / MIB:.0f} MiB",
+        b(lambda x: f"{x.rest.webserver / MIB:.0f} MiB"),
     )
     line(
-        "at rest: daemon", f"{ours.rest.daemon / MIB:.0f} MiB", f"{base.rest.daemon / MIB:.0f} MiB"
+        "at rest: daemon",
+        f"{ours.rest.daemon / MIB:.0f} MiB",
+        b(lambda x: f"{x.rest.daemon / MIB:.0f} MiB"),
     )
     line("at rest: runner + entrypoint", f"{ours.rest.runner / MIB:.0f} MiB", "-")
     line(
-        "processes serving the locations", str(ours.rest.server_count), str(base.rest.server_count)
+        "processes serving the locations",
+        str(ours.rest.server_count),
+        b(lambda x: str(x.rest.server_count)),
     )
     line("  of which warm-start templates", str(ours.rest.templates), "-")
     line(
         "idle CPU, whole service (% of one core)",
         f"{ours.idle_service:.1f} %",
-        f"{base.idle_service:.1f} %",
+        b(lambda x: f"{x.idle_service:.1f} %"),
     )
-    ratio = ours.rest.servers / base.rest.servers
-    print(f"per-location memory, runner / code-server start: {ratio:.0%}")
+    if base:
+        ratio = ours.rest.servers / base.rest.servers
+        print(f"per-location memory, runner / code-server start: {ratio:.0%}")
     print(f"with {n} locations serving (runner), median of {args.samples}:")
     print(
         f"  drop -> LOADED                         {statistics.median(ours.drop):6.2f} s"
@@ -576,6 +648,8 @@ def main() -> None:
         f"{ours.idle_runner_big_share:6.2f} %  (whole service "
         f"{ours.idle_service_big_share:.1f} %)"
     )
+    roles = ", ".join(f"{r} {v:.2f} %" for r, v in ours.idle_roles.items())
+    print(f"  by role, with the {args.share_files} files: {roles}")
 
 
 if __name__ == "__main__":

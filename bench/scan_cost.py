@@ -81,7 +81,7 @@ def main() -> None:
     period = max(2.0, cost / SCAN_CPU_SHARE)
     print(
         f"polling every 2 s would cost {cost / 2:.1%} of one core; the runner keeps rescans "
-        f"under {SCAN_CPU_SHARE:.0%} of one core: every {period:.1f} s here"
+        f"under {SCAN_CPU_SHARE:.1%} of one core: every {period:.1f} s here"
     )
 
 

@@ -279,3 +279,24 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return pid > 0
+
+
+#: Soft open-file limit the service asks for: every role holds a gRPC channel per location
+#: (300 locations need more than the usual 1024), the runner a pipe or socket per server.
+OPEN_FILES_WANTED = 65536
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE towards ``wanted``, as far as its hard limit
+    allows (children inherit it); return the (before, after) soft limits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft

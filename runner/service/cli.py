@@ -13,7 +13,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from runner.base import files
+from runner.base import files, process
 from runner.dagster_side import instance
 from runner.isolation import identity
 from runner.service import config
@@ -79,7 +79,10 @@ def _serve(args: argparse.Namespace) -> None:
     else:
         log.warning("%s", isolation.describe())
     # Before any code server opens the instance; and what every environment needs to open it.
-    ready = instance.prepare(
+    # The entrypoint has done it just now when it started this runner.
+    ready = instance.handed_over(
+        where.instance_home, config.instance_handed_over(), config.database_url()
+    ) or instance.prepare(
         where.instance_home,
         shared_with=service if isolation.on else None,
         database_url=config.database_url(),
@@ -159,6 +162,21 @@ def _serve(args: argparse.Namespace) -> None:
         if fence is not None:
             fence.open()
         lease.release()
+
+
+def _open_files(role: str) -> None:
+    """Every role holds a gRPC channel per location: raise the soft open-file limit, and
+    say so where the hard limit keeps it low."""
+    before, after = process.raise_open_file_limit()
+    if after < 4096:
+        log.warning(
+            "%s: at most %d open files (hard limit); each location takes a few, so a few "
+            "hundred locations need more: raise it (ulimit -Hn, or the container's nofile)",
+            role,
+            after,
+        )
+    elif after != before:
+        log.debug("%s: open-file limit raised from %d to %d", role, before, after)
 
 
 def _fence(settings: Any, metrics: str | None) -> Any:
@@ -400,5 +418,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(options)}")
     name = args.command if args.command in ("daemon", "webserver") else "runner"
     setup_logging(args.log_level, name=name, fmt=args.log_format)
+    _open_files(name)
     files.write_as(config.share_owner())  # the share's files: the service user's, as root
     sys.exit(args.func(args) or 0)

@@ -421,3 +421,9 @@ def k8s_servers(
         defaults.describe(),
     )
     return found
+
+
+def instance_handed_over(environ: Mapping[str, str] = os.environ) -> str | None:
+    """``RUNNER_INSTANCE_READY``: the instance the entrypoint prepared for the roles it
+    started (see ``instance.hand_over``)."""
+    return environ.get("RUNNER_INSTANCE_READY")

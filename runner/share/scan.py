@@ -355,8 +355,10 @@ def classify(relpath: str, path: Path, data: bytes) -> Desired | None:
     return LocationSpec(name, relpath, path, digest, metadata, source=data)
 
 
-#: Full rescans use at most this share of one core; on a large share they come less often.
-SCAN_CPU_SHARE = 0.01
+#: Full rescans use at most this share of one core; on a large share they come less often
+#: (10,000 files: a rescan costs ~42 ms, so every ~10 s). File events wake the loop at once
+#: where there are any; on a network share this is how late a change may be seen.
+SCAN_CPU_SHARE = 0.004
 
 
 class RescanPace:
