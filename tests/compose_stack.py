@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class Stack(WebClient):
             "RUNNER_NETWORK": self.name,
             "RUNNER_UI_PORT": str(self.port),
             "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+            # On vfs storage the engine copies the whole image for each container it creates:
+            # three at once can take longer than compose's 60 s default.
+            "COMPOSE_HTTP_TIMEOUT": "600",
         }
 
     @property
@@ -128,7 +132,13 @@ class Stack(WebClient):
         return proc.stdout + proc.stderr
 
     def down(self) -> None:
-        self.compose("down", "--volumes", "--timeout", "30")
+        try:
+            self.compose("down", "--volumes", "--timeout", "30")
+        except AssertionError:
+            # A container the engine was still creating when `up` gave up is listed but not
+            # yet removable ("No such container"): a second pass finds it whole.
+            time.sleep(5)
+            self.compose("down", "--volumes", "--timeout", "30")
 
     def leftovers(self) -> dict[str, list[str]]:
         """The project's containers, network and volumes that still exist."""

@@ -212,11 +212,16 @@ class WebClient:
     def run_failure_text(self, run_id: str) -> str:
         data = self.graphql(
             """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection {
-                 events { __typename ... on MessageEvent { message } } } } }""",
+                 events { __typename ... on MessageEvent { message }
+                          ... on ErrorEvent { error { message } } } } } }""",
             {"id": run_id},
         )
         events = data["logsForRun"].get("events", [])
-        return "\n".join(f"{e['__typename']}: {e.get('message')}" for e in events)
+        return "\n".join(
+            f"{e['__typename']}: {e.get('message')}"
+            + (f"\n  {(e.get('error') or {}).get('message', '').strip()}" if e.get("error") else "")
+            for e in events
+        )
 
 
 class Service(WebClient):
