@@ -325,3 +325,25 @@ def test_a_location_that_cannot_use_a_template_starts_cold(
     assert re.fullmatch(r"dagster-code-runner: server warm_cold gen \d+", cold), cold
     run_id = service.materialize_all("warm_cold")
     assert service.wait_run(run_id) == "SUCCESS", service.run_failure_text(run_id)
+
+
+@pytest.mark.slow
+def test_starts_that_wait_together_all_wait_for_the_template(tmp_path: Path) -> None:
+    """Where other starts wait for the same environment, its first start does not start cold
+    beside the template (a second import of Dagster on the same cores): it waits, and forks."""
+    templates = warm.Templates(os.environ, changed=lambda: None)
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    env = dict(os.environ)
+    try:
+        with pytest.raises(warm.NotReady):
+            templates.launch(Path(sys.executable), _request(tmp_path, argv, env), alone=False)
+        assert len(templates.all()) == 1  # started by that first start, which did not go cold
+        launched = wait_for(
+            "a warm start",
+            lambda: _no_wait(templates, _request(tmp_path, argv, env)),
+        )
+        assert launched.how == "warm"
+        launched.proc.send_signal(signal.SIGKILL)
+        assert launched.proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        templates.shutdown()

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -201,13 +202,14 @@ class Starts:
         started = [at for loc in held.values() if (at := starting(loc)) is not None]
         budget = start_budget(started, now=now, slots=PARALLEL_STARTS)
         least = start_cost(warm=self.templates is not None)
+        waiting = Counter(str(env.python) for _, env in self._queued.values())
         for _ in range(len(self)):
             if budget < least or not (taken := self.take(1, wanted=lambda g: is_next(held, g))):
                 break
             gen, env = taken[0]
             loc = held[gen.spec.name]
             try:
-                server = self.spawn(gen, env)
+                server = self.spawn(gen, env, alone=waiting[str(env.python)] <= 1)
             except OSError as exc:
                 why = f"could not start the code server: {exc}"
                 step = transitions.failed(loc, gen, why, keep_last_good=keep_last_good, now=now)
@@ -222,9 +224,12 @@ class Starts:
                 held[step.name] = step.loc
         return steps
 
-    def spawn(self, gen: Generation, env: envs.Env) -> servers.CodeServer | None:
+    def spawn(
+        self, gen: Generation, env: envs.Env, *, alone: bool = True
+    ) -> servers.CodeServer | None:
         """Start ``gen``'s server (raises OSError) and await its answer in a worker;
-        ``None``: its environment's template is starting, and the start stays queued."""
+        ``None``: its environment's template is starting, and the start stays queued.
+        ``alone``: no other start waits for ``env`` (see :data:`warm.FIRST_START`)."""
         opts, name = self.options, gen.spec.name
         user = self._user(name)
         file, folder, source = gen.spec.path, None, None
@@ -271,7 +276,10 @@ class Starts:
             )
         elif self.templates is not None:
             launch = functools.partial(
-                self.templates.launch, env.python, cold=self._no_rights(env) if user else None
+                self.templates.launch,
+                env.python,
+                cold=self._no_rights(env) if user else None,
+                alone=alone,
             )
         try:
             server = self._start_server(

@@ -54,7 +54,9 @@ EXIT_REPORT_WAIT = 2.0
 
 
 #: Why an environment's first server starts cold: its template imports Dagster meanwhile, and
-#: would take as long as a cold start before it could fork (later starts wait for it).
+#: would take as long as a cold start before it could fork (later starts wait for it). Only a
+#: lone start does: where several wait for one environment (a restart), all wait for its
+#: template, which costs one import of Dagster instead of two on the same cores.
 FIRST_START = "its environment's template is starting (the first server does not wait for it)"
 
 
@@ -361,10 +363,13 @@ class Templates:
         #: Where templates start (their servers move to cgroups of their own at once).
         self.cgroup: Cgroup | None = None
 
-    def launch(self, python: Path, request: Request, *, cold: str | None = None) -> Launched:
+    def launch(
+        self, python: Path, request: Request, *, cold: str | None = None, alone: bool = True
+    ) -> Launched:
         """Fork the server from its environment's template ("warm"), or spawn it ("cold:
         why"; ``cold``: why it must start cold); raises :class:`NotReady` while the
-        template starts."""
+        template starts. ``alone``: no other start waits for this environment, so the first
+        one may start cold beside its template."""
         env = request.env
         key = (str(python), tuple(sorted(startup_variables(env).items())))
         loading = [name for name in CODE_LOADING if name in env]
@@ -373,7 +378,7 @@ class Templates:
                 f"its settings set {', '.join(loading)}, which would load code into the "
                 "template its environment's locations share"
             )
-        why = cold or self._cold.get(key) or self._template(key, python, env)
+        why = cold or self._cold.get(key) or self._template(key, python, env, alone=alone)
         if why is None:
             try:
                 return Launched(self._templates[key].fork(request), "warm", request.address)
@@ -398,7 +403,9 @@ class Templates:
             template.stop()
         self._templates.clear()
 
-    def _template(self, key: tuple, python: Path, env: Mapping[str, str]) -> str | None:
+    def _template(
+        self, key: tuple, python: Path, env: Mapping[str, str], *, alone: bool
+    ) -> str | None:
         """``None``: the key's template is ready; else why it starts cold. Starts one, or
         replaces one that ended, and raises :class:`NotReady` while it starts."""
         template = self._templates.get(key)
@@ -436,7 +443,8 @@ class Templates:
             rights=self._rights,
             cgroup=self.cgroup,
         )
-        if key not in self._started:  # the first start never waits longer than a cold one
-            self._started.add(key)
+        first = key not in self._started
+        self._started.add(key)
+        if first and alone:  # a lone first start never waits longer than a cold one
             return FIRST_START
         raise NotReady
