@@ -31,8 +31,10 @@ from tests.service import Service, wait_for
 MILESTONES = (
     ("entrypoint: instance ready", r"entrypoint: instance ready"),
     ("runner: instance ready", r"runner: instance ready"),
+    ("runner watching the share", r"runner: watching "),
+    ("first template ready", r"template for \S+ ready"),
     ("first server starting", r"starting \S+ on "),
-    ("first location published", r"published: "),
+    ("first location published", r"published: [1-9]"),
 )
 
 
