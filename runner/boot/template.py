@@ -68,11 +68,10 @@ def _warm_up():
     import dagster._grpc.server  # noqa: F401
     from dagster._cli import main  # noqa: F401
 
-    for rehearsal in (_rehearse, _rehearse_instance):
-        try:
-            rehearsal()
-        except Exception as exc:  # only less warm: what it would have done runs in the child
-            print(f"runner template: rehearsal skipped: {exc!r}", file=sys.stderr)
+    try:
+        _rehearse()
+    except Exception as exc:  # only less warm: what it would have imported loads in the child
+        print(f"runner template: rehearsal skipped: {exc!r}", file=sys.stderr)
 
 
 def _rehearse():
@@ -95,37 +94,6 @@ def _rehearse():
         for name in set(sys.modules) - modules:
             if getattr(sys.modules[name], "__file__", None) == stub:
                 del sys.modules[name]
-
-
-#: Where Dagster keeps its storages' migration scripts (``alembic``'s script location).
-DAGSTER_MIGRATIONS = "dagster:"
-
-
-def _rehearse_instance():
-    """Open the instance as a code server does as it starts (``DagsterInstance.get()`` from
-    ``DAGSTER_HOME``, a start-up variable the template has too), so that what that imports
-    is imported here once; and keep the revision maps of Dagster's own migration scripts,
-    which every opening of a SQL storage reads and executes again (some forty files per
-    storage, three storages: two thirds of a forked server's start-up CPU otherwise)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        return
-    from alembic.script import ScriptDirectory
-    from dagster import DagsterInstance
-
-    load = ScriptDirectory.from_config.__func__
-    kept = {}
-
-    def from_config(cls, config, *args, **kwargs):
-        where = config.get_main_option("script_location") or ""
-        if args or kwargs or not where.startswith(DAGSTER_MIGRATIONS):
-            return load(cls, config, *args, **kwargs)  # not Dagster's own: as alembic does
-        if where not in kept:
-            kept[where] = load(cls, config)
-        return kept[where]
-
-    ScriptDirectory.from_config = classmethod(from_config)
-    with DagsterInstance.get():
-        pass
 
 
 def _reply(fd, **message):
